@@ -1,0 +1,287 @@
+"""Typed job configuration: YAML -> dataclasses, `--set` overrides, validation with key paths.
+
+Every problem is reported before any work starts, as a `ConfigError` whose message begins
+with the dotted path of the offending key (``embedding.max_length: expected int, got 'abc'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the key path."""
+
+
+@dataclass
+class PoolConfig:
+    """The pool of examples: where it is and how a record becomes text."""
+
+    path: str | list[str]
+    text_field: str = "text"
+    messages_field: str = "messages"
+    id_field: str = "id"
+    # plain: "role: content" lines; tulu: the Tulu chat format of the RDS+ reference;
+    # chat: the tokenizer's own chat template.
+    template: Literal["plain", "tulu", "chat"] = "plain"
+    format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
+    # First bad record raises an error naming it instead of going to rejected.jsonl.
+    strict: bool = False
+
+
+@dataclass
+class EmbeddingConfig:
+    model: str = "default"
+    pooling: Literal["weighted_mean", "mean", "last_token", "cls"] = "weighted_mean"
+    layer: int = -1
+    normalize: bool = True
+    max_length: int = 512
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Length-sorted batches are capped by padded tokens and by examples. None = by device:
+    # 2048 on CPU (measured fastest for MiniLM on 2 cores), 32768 on CUDA.
+    max_tokens_per_batch: int | None = None
+    max_batch_size: int = 128
+    # Records per output shard (the unit of resumption).
+    shard_size: int = 5000
+    # Serve one model copy to all worker processes of a machine (large models).
+    share_model_across_processes: bool = False
+    # A hub id is only fetched when this is true; by default everything runs offline.
+    allow_download: bool = False
+    trust_remote_code: bool = False
+    output: str | None = None
+
+
+@dataclass
+class QuerySource:
+    """One target task: example records embedded like the pool, or embeddings made earlier."""
+
+    path: str | None = None
+    embeddings: str | None = None
+
+
+@dataclass
+class SelectionConfig:
+    selector: str
+    budget: int | float | str
+    params: dict[str, Any] = field(default_factory=dict)
+    join_records: bool = False
+    seed: int = 0
+    output: str | None = None
+
+
+@dataclass
+class RunnerConfig:
+    name: Literal["local", "dataflow", "flink", "spark"] = "local"
+    num_workers: int = 1
+    # Dataflow
+    project: str | None = None
+    region: str | None = None
+    temp_location: str | None = None
+    staging_location: str | None = None
+    machine_type: str | None = None
+    max_num_workers: int | None = None
+    # e.g. "nvidia-tesla-t4:1" -> worker_accelerator service option with driver install
+    accelerator: str | None = None
+    sdk_container_image: str | None = None
+    requirements_file: str | None = None
+    setup_file: str | None = None
+    job_name: str | None = None
+    # Flink / Spark
+    master: str | None = None
+    # Any further Beam flags, e.g. ["--experiments=use_runner_v2"].
+    beam_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    pool: PoolConfig | None = None
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    queries: dict[str, QuerySource] = field(default_factory=dict)
+    selection: SelectionConfig | None = None
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (dataclasses built)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        # A nested dataclass error is more useful than "expected X or null".
+        nested = [e for e in errors if not str(e).startswith(f"{path}: expected")]
+        if nested:
+            raise nested[0]
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _convert(v, value_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected bool (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected str, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {path}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and missing required ones."""
+    where = path or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(fields)
+            raise ConfigError(f"{_join(path, key)}: unknown key{hint}; known keys: {known}")
+    kwargs = {}
+    for name, f in fields.items():
+        key_path = _join(path, name)
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key_path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key_path}: required key missing")
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=v` overrides (v parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"--set {item!r}: empty key in {dotted!r}")
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(f"{where}: cannot set {dotted!r}, {where} is not a mapping")
+            node = child
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config file; raise ConfigError naming the bad key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that go beyond types."""
+    emb = config.embedding
+    for key in ("max_length", "max_tokens_per_batch", "max_batch_size", "shard_size"):
+        value = getattr(emb, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"embedding.{key}: must be >= 1, got {value}")
+    if config.runner.num_workers < 1:
+        raise ConfigError(f"runner.num_workers: must be >= 1, got {config.runner.num_workers}")
+    if config.pool is not None and not config.pool.path:
+        raise ConfigError("pool.path: must name at least one file, glob or directory")
+    for name, source in config.queries.items():
+        if (source.path is None) == (source.embeddings is None):
+            raise ConfigError(f"queries.{name}: give exactly one of 'path' or 'embeddings'")
+    if config.runner.name == "dataflow":
+        for key in ("project", "region", "temp_location"):
+            if not getattr(config.runner, key):
+                raise ConfigError(f"runner.{key}: required when runner.name is 'dataflow'")
+
+
+def require(value: Any, key: str) -> Any:
+    """Return `value`, or raise a ConfigError saying the verb needs `key`."""
+    if value is None:
+        raise ConfigError(f"{key}: required key missing")
+    return value

@@ -1,0 +1,1 @@
+"""Bundled-data converters (e.g. the BBC News quickstart pool)."""

@@ -1,0 +1,1 @@
+"""Embedding: pooling of hidden states (pure torch) and model loading / batching."""

@@ -1,0 +1,1 @@
+"""Beam pipelines: they move data to the pure cores and write results; no algorithms here."""

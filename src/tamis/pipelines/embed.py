@@ -1,0 +1,521 @@
+"""The embed pipeline: read -> validate -> shard -> encode (length-sorted batches) -> write.
+
+Output directory (the public contract):
+- ``part-NNNNN.parquet``: ``id`` (string), ``embedding`` (fixed_size_list<float32>[D]),
+  ``n_tokens`` (int32); one shard per `shard_size` input lines of a file, in input order.
+- ``rejected.jsonl``: every bad record with source, line, reason and detail.
+- ``manifest.json``: resolved config, inputs, model, counts by outcome, tokens, seconds.
+
+Resumption: shards are numbered from the input alone and written atomically, so a re-run of
+the same job (same config and inputs, recorded in ``_tamis_job.json``) skips every shard
+that exists and ends with output identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import TestOptions
+from apache_beam.runners.runner import PipelineResult
+
+import tamis
+from tamis.config import Config, ConfigError, EmbeddingConfig, PoolConfig, require
+from tamis.records import (
+    FIRST_POSITION,
+    BlankLine,
+    InputFile,
+    Rejected,
+    atomic_write,
+    count_records,
+    read_input,
+    read_json,
+    resolve_inputs,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from tamis.runners.options import make_runner
+
+log = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "tamis.embed"
+JOB_FILE = "_tamis_job.json"
+MANIFEST = "manifest.json"
+REJECTED = "rejected.jsonl"
+SHARD_METADATA_KEY = b"tamis.shard"
+# Config keys that change the embeddings; the rest (output, sharing, downloads) do not.
+_NON_FINGERPRINT_KEYS = {"output", "share_model_across_processes", "allow_download"}
+
+
+class OutputConflictError(RuntimeError):
+    """The output directory holds shards of a different job."""
+
+
+def part_path(output: str, index: int) -> str:
+    return FileSystems.join(output, f"part-{index:05d}.parquet")
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("n_tokens", pa.int32(), nullable=False),
+        ]
+    )
+
+
+def shard_table(ids: list[str], embeddings: np.ndarray, n_tokens: np.ndarray, stats: dict):
+    """One shard as an Arrow table; its stats ride in the schema metadata for resumption."""
+    dim = embeddings.shape[1]
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
+    schema = embeddings_schema(dim).with_metadata({SHARD_METADATA_KEY: json.dumps(stats)})
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.FixedSizeListArray.from_arrays(flat, dim),
+            pa.array(n_tokens, pa.int32()),
+        ],
+        schema=schema,
+    )
+
+
+def read_shard_stats(path: str) -> dict:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        metadata = pq.read_schema(f).metadata or {}
+    return json.loads(metadata[SHARD_METADATA_KEY])
+
+
+# ---------------------------------------------------------------------------------------------
+# DoFns: thin layers that move records to records.py and the Encoder.
+
+
+class ReadPool(beam.DoFn):
+    """Read one input file; records go out keyed by shard, dead letters to 'rejected'."""
+
+    def __init__(self, pool: PoolConfig, embedding: EmbeddingConfig, shard_size: int):
+        self.pool = pool
+        self.embedding = embedding
+        self.shard_size = shard_size
+        self.records = Metrics.counter(METRICS_NAMESPACE, "records")
+        self.blank = Metrics.counter(METRICS_NAMESPACE, "blank_lines")
+
+    def setup(self):
+        self.chat_template = None
+        if self.pool.template == "chat":
+            from tamis.embeddings.encoder import load_tokenizer
+
+            tokenizer = load_tokenizer(self.embedding)
+
+            def apply(messages):
+                return tokenizer.apply_chat_template(messages, tokenize=False)
+
+            self.chat_template = apply
+
+    def process(self, indexed_input: tuple[int, InputFile]):
+        file_index, source = indexed_input
+        seen = 0
+        for result in read_input(source, self.pool, self.chat_template):
+            if isinstance(result, BlankLine):
+                self.blank.inc()
+                yield beam.pvalue.TaggedOutput("blank", 1)
+                continue
+            seen += 1
+            self.records.inc()
+            if isinstance(result, Rejected):
+                Metrics.counter(METRICS_NAMESPACE, f"rejected_{result.reason}").inc()
+                yield beam.pvalue.TaggedOutput("rejected", (result.source, result.line, result))
+            else:
+                offset = result.line - FIRST_POSITION[source.format]
+                shard = (file_index, offset // self.shard_size)
+                yield shard, (result.line, result.id, result.text)
+        yield beam.pvalue.TaggedOutput("seen", (source.path, seen))
+
+
+def _load_encoder(cfg: EmbeddingConfig):
+    from tamis.embeddings.encoder import Encoder
+
+    return Encoder(cfg)
+
+
+class _EncoderHandle:
+    """Loads the model once per worker process, or once per machine when shared."""
+
+    def __init__(self, cfg: EmbeddingConfig):
+        from apache_beam.utils.shared import Shared
+
+        self.cfg = cfg
+        self.tag = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()
+        # Shared() is keyed when built here, so every DoFn instance of a process finds the
+        # same model after unpickling.
+        self.shared = Shared()
+
+    def acquire(self):
+        if self.cfg.share_model_across_processes:
+            from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+            cfg = self.cfg
+            # One server process holds the model; workers call it through a proxy.
+            return MultiProcessShared(
+                lambda: _load_encoder(cfg), tag=f"tamis-encoder-{self.tag}", always_proxy=True
+            ).acquire()
+        return self.shared.acquire(lambda: _SharedEncoder(_load_encoder(self.cfg)), self.tag)
+
+
+class _SharedEncoder:
+    """Shared() needs a weak-referenceable object; this wraps the encoder."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+
+class EncodeShard(beam.DoFn):
+    """Encode one shard's records and write part-NNNNN.parquet, unless it is already there."""
+
+    def __init__(
+        self, cfg: EmbeddingConfig, output: str, show_progress: bool, progress_total: int | None
+    ):
+        self.cfg = cfg
+        self.output = output
+        self.show_progress = show_progress
+        self.progress_total = progress_total
+        self.handle = _EncoderHandle(cfg)
+        self.embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
+        self.tokens = Metrics.counter(METRICS_NAMESPACE, "tokens")
+        self.truncated = Metrics.counter(METRICS_NAMESPACE, "truncated")
+        self.written = Metrics.counter(METRICS_NAMESPACE, "shards_written")
+        self.skipped = Metrics.counter(METRICS_NAMESPACE, "shards_skipped")
+
+    def setup(self):
+        self.encoder = self.handle.acquire()
+        self.bar = None
+        self._shard_index: dict | None = None
+        self._shard_keys_id = None
+
+    def teardown(self):
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
+
+    def _progress(self, n: int) -> None:
+        if not self.show_progress:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.progress_total, unit="text", desc="embed", smoothing=0.1)
+        self.bar.update(n)
+
+    def process(self, element, shard_keys: list):
+        key, items = element
+        if self._shard_keys_id != id(shard_keys):
+            self._shard_index = {k: i for i, k in enumerate(sorted(shard_keys))}
+            self._shard_keys_id = id(shard_keys)
+        index = self._shard_index[key]
+        path = part_path(self.output, index)
+        if FileSystems.exists(path):
+            self.skipped.inc()
+            stats = read_shard_stats(path)
+            self._progress(stats["records"])
+            yield {**stats, "skipped": True}
+            return
+        items = sorted(items)  # by input line: shards are in file order
+        started = time.perf_counter()
+        encoded = self.encoder.encode([text for _, _, text in items], progress=self._progress)
+        seconds = time.perf_counter() - started
+        stats = {
+            "part": index,
+            "source_file_index": key[0],
+            "first_line": items[0][0],
+            "last_line": items[-1][0],
+            "records": len(items),
+            "tokens": int(encoded.n_tokens.sum()),
+            "truncated": int(encoded.truncated.sum()),
+            "encode_seconds": round(seconds, 4),
+            "model": self.encoder.describe(),
+            "model_load_seconds": round(self.encoder.load_seconds, 3),
+        }
+        table = shard_table(
+            [rid for _, rid, _ in items], encoded.embeddings, encoded.n_tokens, stats
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        atomic_write(path, buffer.getvalue())
+        self.embedded.inc(len(items))
+        self.tokens.inc(stats["tokens"])
+        self.truncated.inc(stats["truncated"])
+        self.written.inc()
+        yield {**stats, "skipped": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning, building and running
+
+
+@dataclass
+class EmbedPlan:
+    config: Config
+    inputs: list[InputFile]
+    output: str
+    fingerprint: str
+
+    def job_record(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "inputs": [asdict(i) for i in self.inputs],
+            "pool": asdict(self.config.pool) if self.config.pool else None,
+            "embedding": _fingerprinted_embedding(self.config.embedding),
+        }
+
+
+def _fingerprinted_embedding(cfg: EmbeddingConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in _NON_FINGERPRINT_KEYS}
+
+
+def plan_embed(config: Config) -> EmbedPlan:
+    pool = require(config.pool, "pool")
+    output = require(config.embedding.output, "embedding.output")
+    inputs = resolve_inputs(pool.path, pool.format)
+    job = {
+        "inputs": [asdict(i) for i in inputs],
+        "pool": {k: v for k, v in asdict(pool).items() if k != "strict"},
+        "embedding": _fingerprinted_embedding(config.embedding),
+    }
+    fingerprint = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:20]
+    return EmbedPlan(config, inputs, output, fingerprint)
+
+
+def build_embed(
+    pipeline: beam.Pipeline,
+    plan: EmbedPlan,
+    show_progress: bool = False,
+    progress_total: int | None = None,
+) -> None:
+    """Add the embed transforms to `pipeline` (its outputs are files)."""
+    cfg = plan.config
+    emb = cfg.embedding
+    read = (
+        pipeline
+        | "ListInputs" >> beam.Create(list(enumerate(plan.inputs)))
+        # One file per element: spread files over workers before reading them.
+        | "SpreadInputs" >> beam.Reshuffle()
+        | "ReadAndValidate"
+        >> beam.ParDo(ReadPool(cfg.pool, emb, emb.shard_size)).with_outputs(
+            "rejected", "blank", "seen", main="records"
+        )
+    )
+    records = read.records
+    shard_keys = (
+        records
+        | "ShardKeys" >> beam.Keys()
+        | "DistinctShards" >> beam.Distinct()
+        | "AllShardKeys" >> beam.combiners.ToList()
+    )
+    duplicates = (
+        records
+        | "Ids" >> beam.Map(lambda kv: (kv[1][1], 1))
+        | "CountIds" >> beam.CombinePerKey(sum)
+        | "Repeated" >> beam.Filter(lambda kv: kv[1] > 1)
+    )
+    shard_stats = (
+        records
+        | "GroupShards" >> beam.GroupByKey()
+        | "EncodeAndWrite"
+        >> beam.ParDo(
+            EncodeShard(emb, plan.output, show_progress, progress_total),
+            shard_keys=beam.pvalue.AsSingleton(shard_keys),
+        )
+    )
+    _ = (
+        shard_stats
+        | "AllShardStats" >> beam.combiners.ToList()
+        | "WriteManifest"
+        >> beam.Map(
+            finalize,
+            plan=plan,
+            rejected=beam.pvalue.AsList(read.rejected),
+            seen=beam.pvalue.AsList(read.seen),
+            blank_lines=beam.pvalue.AsSingleton(
+                read.blank | "CountBlank" >> beam.combiners.Count.Globally()
+            ),
+            duplicates=beam.pvalue.AsList(duplicates),
+        )
+    )
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {
+        "tamis": tamis.__version__,
+        "python": platform.python_version(),
+        "apache_beam": beam.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def finalize(
+    stats: list[dict],
+    plan: EmbedPlan,
+    rejected: list,
+    seen: list,
+    blank_lines: int,
+    duplicates: list,
+) -> dict:
+    """Write rejected.jsonl and manifest.json once every shard is written; check the counts."""
+    rejected_sorted = [r for _, _, r in sorted(rejected, key=lambda t: (t[0], t[1]))]
+    write_jsonl_atomic(
+        FileSystems.join(plan.output, REJECTED), [r.to_json() for r in rejected_sorted]
+    )
+    stats = sorted(stats, key=lambda s: s["part"])
+    records = sum(n for _, n in seen)
+    embedded = sum(s["records"] for s in stats)
+    counts = {
+        "records": records,
+        "embedded": embedded,
+        "rejected": len(rejected_sorted),
+        "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected_sorted).items())),
+        "blank_lines": blank_lines,
+        "tokens": sum(s["tokens"] for s in stats),
+        "truncated": sum(s["truncated"] for s in stats),
+        "shards": len(stats),
+        "shards_skipped": sum(1 for s in stats if s["skipped"]),
+        "duplicate_ids": len(duplicates),
+    }
+    if records != embedded + len(rejected_sorted):
+        raise RuntimeError(
+            f"record counts do not add up: {records} read, {embedded} embedded, "
+            f"{len(rejected_sorted)} rejected"
+        )
+    written = [s for s in stats if not s["skipped"]]
+    model = stats[0]["model"] if stats else {"model": plan.config.embedding.model}
+    manifest = {
+        "stage": "embed",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": plan.fingerprint,
+        "config": plan.config.to_dict(),
+        "inputs": [asdict(i) for i in plan.inputs],
+        "model": model,
+        "counts": counts,
+        "duplicate_id_examples": sorted(rid for rid, _ in duplicates)[:20],
+        "parts": [f"part-{s['part']:05d}.parquet" for s in stats],
+        "seconds": {
+            "encode": round(sum(s["encode_seconds"] for s in written), 3),
+            "model_load": max((s["model_load_seconds"] for s in written), default=0.0),
+        },
+        "versions": versions(),
+    }
+    write_json_atomic(FileSystems.join(plan.output, MANIFEST), manifest)
+    return manifest
+
+
+def prepare_output(plan: EmbedPlan, overwrite: bool) -> None:
+    """Check the output belongs to this job (or clear it with overwrite) and record the job."""
+    output = plan.output
+    FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+    job_path = FileSystems.join(output, JOB_FILE)
+    existing = FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
+    leftovers = [m.path for m in existing if ".tmp-" in m.path]
+    if leftovers:  # temp files of an interrupted run: never complete, never read
+        FileSystems.delete(leftovers)
+    ours = [m.path for m in existing if m.path not in leftovers]
+    if FileSystems.exists(job_path):
+        previous = read_json(job_path)
+        if previous.get("fingerprint") != plan.fingerprint and not overwrite:
+            raise OutputConflictError(
+                f"{output} holds embeddings of a different job (config or inputs changed: "
+                f"fingerprint {previous.get('fingerprint')} != {plan.fingerprint}); choose "
+                "another embedding.output or pass --overwrite"
+            )
+    elif any("part-" in p for p in ours) and not overwrite:
+        raise OutputConflictError(
+            f"{output} holds part files that tamis did not record; choose another "
+            "embedding.output or pass --overwrite"
+        )
+    if overwrite:
+        stale = [p for p in ours if "part-" in p or p.endswith((MANIFEST, REJECTED, JOB_FILE))]
+        if stale:
+            FileSystems.delete(stale)
+    write_json_atomic(job_path, plan.job_record())
+
+
+def run_embed(
+    config: Config,
+    beam_args: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict | PipelineResult | None:
+    """Run the embed pipeline and return its manifest.
+
+    A dry run (``--dry_run=True``) returns Beam's PipelineResult, whose ``job`` holds the
+    built job; a remote job whose manifest cannot be read here returns None.
+    """
+    plan = plan_embed(config)
+    if config.pool.template == "chat":
+        _check_chat_template(config.embedding)
+    runner, options = make_runner(config.runner, beam_args)
+    if options.view_as(TestOptions).dry_run:
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build_embed(pipeline, plan)
+        return pipeline.run()
+    if config.runner.name == "dataflow":
+        _check_remote_paths(plan)
+    prepare_output(plan, overwrite)
+    local = runner is not None
+    total = None
+    if local and progress:
+        total = sum(count_records(i) for i in plan.inputs)
+        if config.runner.num_workers > 1:
+            total = -(-total // config.runner.num_workers)  # each worker shows its share
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_embed(pipeline, plan, progress, total)
+    result = pipeline.run()
+    result.wait_until_finish()
+    manifest_path = FileSystems.join(plan.output, MANIFEST)
+    if not FileSystems.exists(manifest_path):
+        return None
+    manifest = read_json(manifest_path)
+    manifest["seconds"]["wall"] = round(time.perf_counter() - started, 3)
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def _check_remote_paths(plan: EmbedPlan) -> None:
+    """Dataflow workers cannot see the launcher's disk: inputs and output must be remote."""
+    for key, path in [("embedding.output", plan.output)] + [
+        ("pool.path", i.path) for i in plan.inputs
+    ]:
+        if "://" not in path:
+            raise ConfigError(
+                f"{key}: Dataflow workers cannot read the local path {path}; use a gs:// path"
+            )
+
+
+def _check_chat_template(cfg: EmbeddingConfig) -> None:
+    from tamis.embeddings.encoder import load_tokenizer
+
+    if not getattr(load_tokenizer(cfg), "chat_template", None):
+        raise ConfigError(
+            f"pool.template: 'chat' needs a chat template, and the tokenizer of "
+            f"{cfg.model!r} has none; use 'plain' or 'tulu'"
+        )

@@ -1,0 +1,1 @@
+"""Beam PipelineOptions for each runner (local FnApiRunner, Dataflow, Flink, Spark)."""

@@ -1,0 +1,211 @@
+"""The embed pipeline on real Beam runners (FnApiRunner, 1 and 2 worker processes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import embed_config, write_jsonl
+from tamis.cli import main as tamis_main
+from tamis.config import config_from_dict
+from tamis.pipelines.embed import OutputConflictError, run_embed
+
+
+def read_embeddings(output) -> tuple[list[str], np.ndarray, np.ndarray]:
+    frame = pl.read_parquet(sorted(output.glob("part-*.parquet")))
+    return (
+        frame["id"].to_list(),
+        frame["embedding"].to_numpy(),
+        frame["n_tokens"].to_numpy(),
+    )
+
+
+@pytest.fixture(scope="module")
+def bbc_pool(tmp_path_factory, bbc_records):
+    """120 BBC articles, cut to different lengths, with a few bad lines mixed in."""
+    records = []
+    for i, r in enumerate(bbc_records[::18][:120]):
+        records.append({"id": r["id"], "text": r["text"][: 80 + 23 * i], "topic": r["topic"]})
+    records.insert(10, "{broken json")
+    records.insert(50, {"id": "empty", "text": ""})
+    records.insert(90, "")
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    return write_jsonl(path, records)
+
+
+@pytest.fixture(scope="module")
+def one_worker_run(tmp_path_factory, bbc_pool):
+    output = tmp_path_factory.mktemp("emb1")
+    manifest = run_embed(embed_config(bbc_pool, output, shard_size=40), progress=False)
+    return output, manifest
+
+
+def test_output_files_schema_and_counts(one_worker_run, bbc_pool):
+    output, manifest = one_worker_run
+    counts = manifest["counts"]
+    assert counts == {
+        **counts,
+        "records": 122,
+        "embedded": 120,
+        "rejected": 2,
+        "blank_lines": 1,
+        "rejected_by_reason": {"empty_text": 1, "malformed_json": 1},
+        "shards": 4,
+        "shards_skipped": 0,
+        "duplicate_ids": 0,
+    }
+    schema = pq.read_schema(output / "part-00000.parquet")
+    assert schema.field("id").type == pa.string()
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    assert schema.field("n_tokens").type == pa.int32()
+    ids, emb, n_tokens = read_embeddings(output)
+    assert emb.shape == (120, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert int(n_tokens.sum()) == counts["tokens"]
+    pool_ids = [
+        json.loads(line)["id"]
+        for line in bbc_pool.read_text().splitlines()
+        if line.startswith('{"id"') and '"empty"' not in line
+    ]
+    assert ids == pool_ids  # input order
+    rejected = [json.loads(line) for line in (output / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejected] == [
+        (11, "malformed_json"),
+        (51, "empty_text"),
+    ]
+    assert manifest["config"]["embedding"]["shard_size"] == 40
+    assert manifest["model"]["dim"] == 384 and manifest["model"]["pooling"] == "weighted_mean"
+    on_disk = json.loads((output / "manifest.json").read_text())
+    assert on_disk["counts"] == counts and "wall" in on_disk["seconds"]
+
+
+def test_pipeline_only_moves_data(one_worker_run, make_encoder, bbc_pool):
+    """Shard embeddings equal the Encoder called directly on the same shard's texts."""
+    output, _ = one_worker_run
+    ids, emb, n_tokens = read_embeddings(output)
+    texts = {}
+    for line in bbc_pool.read_text().splitlines():
+        if line.startswith('{"id"'):
+            record = json.loads(line)
+            texts[record["id"]] = record["text"]
+    first_shard = pl.read_parquet(output / "part-00000.parquet")["id"].to_list()
+    direct = make_encoder(max_length=128).encode([texts[i] for i in first_shard])
+    np.testing.assert_allclose(emb[: len(first_shard)], direct.embeddings, atol=1e-6)
+    assert n_tokens[: len(first_shard)].tolist() == direct.n_tokens.tolist()
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_identical_embeddings(one_worker_run, bbc_pool, tmp_path):
+    output, manifest = one_worker_run
+    config = embed_config(bbc_pool, tmp_path, shard_size=40)
+    config.runner.num_workers = 2
+    manifest2 = run_embed(config, progress=False)
+    assert manifest2["counts"] == manifest["counts"]
+    ids1, emb1, tok1 = read_embeddings(output)
+    ids2, emb2, tok2 = read_embeddings(tmp_path)
+    assert ids1 == ids2
+    assert np.array_equal(emb1, emb2) and np.array_equal(tok1, tok2)
+    assert (tmp_path / "rejected.jsonl").read_text() == (output / "rejected.jsonl").read_text()
+
+
+def test_rerun_skips_finished_shards_and_conflicts_are_refused(one_worker_run, bbc_pool, tmp_path):
+    output, _ = one_worker_run
+    config = embed_config(bbc_pool, tmp_path, shard_size=40)
+    run_embed(config, progress=False)
+    (tmp_path / "part-00002.parquet").unlink()
+    (tmp_path / "manifest.json").unlink()
+    rerun = run_embed(config, progress=False)
+    assert rerun["counts"]["shards_skipped"] == 3
+    assert rerun["counts"]["embedded"] == 120
+    assert read_embeddings(tmp_path)[0] == read_embeddings(output)[0]
+    assert np.array_equal(read_embeddings(tmp_path)[1], read_embeddings(output)[1])
+    changed = embed_config(bbc_pool, tmp_path, shard_size=40, max_length=64)
+    with pytest.raises(OutputConflictError, match="different job"):
+        run_embed(changed, progress=False)
+    fresh = run_embed(changed, overwrite=True, progress=False)
+    assert fresh["counts"]["shards_skipped"] == 0
+    assert fresh["config"]["embedding"]["max_length"] == 64
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_uninterrupted_result(bbc_records, tmp_path):
+    """Kill a real `tamis embed` process mid-run, run it again, compare with a clean run."""
+    pool = write_jsonl(
+        tmp_path / "pool.jsonl",
+        [{"id": r["id"], "text": r["text"][:600]} for r in bbc_records[:240]],
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"pool: {{path: {pool}}}\n"
+        f"embedding: {{output: {tmp_path / 'emb'}, max_length: 128, shard_size: 20}}\n"
+    )
+    command = [sys.executable, "-m", "tamis", "embed", str(job), "--no-progress"]
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "emb").glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(list((tmp_path / "emb").glob("part-*.parquet")))
+    assert 2 <= done_before < 12, "the kill should land mid-run"
+    assert not (tmp_path / "emb" / "manifest.json").exists()
+
+    resumed = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "already done" in resumed.stdout
+    manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    assert manifest["counts"]["shards"] == 12
+    assert manifest["counts"]["shards_skipped"] >= done_before
+
+    clean = run_embed(embed_config(pool, tmp_path / "clean", shard_size=20), progress=False)
+    assert clean["counts"]["embedded"] == manifest["counts"]["embedded"] == 240
+    resumed_ids, resumed_emb, _ = read_embeddings(tmp_path / "emb")
+    clean_ids, clean_emb, _ = read_embeddings(tmp_path / "clean")
+    assert resumed_ids == clean_ids
+    assert np.array_equal(resumed_emb, clean_emb)
+    assert not list((tmp_path / "emb").glob("*.tmp-*"))
+
+
+def test_cli_strict_mode_names_the_bad_record(bbc_pool, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"pool: {{path: {bbc_pool}}}\nembedding: {{output: {tmp_path / 'e'}}}\n")
+    status = tamis_main(["embed", str(job), "--strict", "--no-progress"])
+    assert status == 2
+    assert f"{bbc_pool}:11: malformed_json" in capsys.readouterr().err
+
+
+def test_cli_config_error_names_the_key_before_any_work(bbc_pool, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"pool: {{path: {bbc_pool}}}\nembedding: {{output: {tmp_path / 'e'}}}\n")
+    status = tamis_main(["embed", str(job), "--set", "embedding.pooling=max"])
+    assert status == 2
+    assert "embedding.pooling: expected one of" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_messages_with_tulu_template_and_derived_ids(tmp_path, make_encoder):
+    messages = [
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "An apple."},
+    ]
+    pool = write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}, {"text": "plain"}])
+    config = config_from_dict(
+        {
+            "pool": {"path": str(pool), "template": "tulu"},
+            "embedding": {"output": str(tmp_path / "e"), "max_length": 128},
+        }
+    )
+    manifest = run_embed(config, progress=False)
+    assert manifest["counts"]["embedded"] == 2
+    ids, emb, _ = read_embeddings(tmp_path / "e")
+    assert ids == [f"{pool}:1", f"{pool}:2"]
+    text = "<|user|>\nName a fruit.\n<|assistant|>\nAn apple.</s>\n"
+    direct = make_encoder(max_length=128).encode([text]).embeddings
+    np.testing.assert_allclose(emb[:1], direct, atol=1e-6)

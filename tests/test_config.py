@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from tamis.config import ConfigError, apply_overrides, config_from_dict, load_config
+
+VALID = {
+    "pool": {"path": "data/pool.jsonl"},
+    "embedding": {"output": "out/emb", "max_length": 256},
+}
+
+
+def test_valid_config_gets_typed_defaults():
+    config = config_from_dict(VALID)
+    assert config.pool.path == "data/pool.jsonl"
+    assert config.pool.template == "plain"
+    assert config.embedding.max_length == 256
+    assert config.embedding.pooling == "weighted_mean"
+    assert config.embedding.normalize is True
+    assert config.runner.name == "local"
+    assert config.to_dict()["embedding"]["output"] == "out/emb"
+
+
+def _error(data) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    return str(info.value)
+
+
+def test_unknown_key_names_its_path_and_suggests():
+    message = _error({**VALID, "embedding": {"output": "x", "max_lenght": 3}})
+    assert message.startswith("embedding.max_lenght: unknown key")
+    assert "did you mean 'max_length'" in message
+
+
+def test_unknown_section():
+    assert _error({**VALID, "pooling": {}}).startswith("pooling: unknown key")
+
+
+def test_wrong_type_names_the_key():
+    message = _error({**VALID, "embedding": {"max_length": "long"}})
+    assert message.startswith("embedding.max_length: expected int")
+    assert _error({**VALID, "embedding": {"normalize": "yes"}}).startswith(
+        "embedding.normalize: expected bool"
+    )
+    assert _error({**VALID, "embedding": {"pooling": "max"}}).startswith(
+        "embedding.pooling: expected one of 'weighted_mean'"
+    )
+    assert _error({**VALID, "runner": {"beam_args": [1]}}).startswith("runner.beam_args[0]")
+
+
+def test_missing_required_key():
+    assert _error({"pool": {"text_field": "t"}}) == "pool.path: required key missing"
+    assert _error({**VALID, "queries": {"tech": {}}}).startswith("queries.tech: give exactly one")
+    message = _error({**VALID, "selection": {"selector": "rds"}})
+    assert message == "selection.budget: required key missing"
+
+
+def test_value_checks():
+    assert _error({**VALID, "embedding": {"max_length": 0}}).startswith("embedding.max_length")
+    dataflow = {**VALID, "runner": {"name": "dataflow", "project": "p", "region": "r"}}
+    assert _error(dataflow) == "runner.temp_location: required when runner.name is 'dataflow'"
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("pool: {path: a.jsonl}\nembedding: {output: out}\n")
+    config = load_config(
+        path,
+        [
+            "embedding.max_length=64",
+            "embedding.normalize=false",
+            "runner.num_workers=2",
+            "pool.path=[a.jsonl, b.jsonl]",
+        ],
+    )
+    assert config.embedding.max_length == 64
+    assert config.embedding.normalize is False
+    assert config.runner.num_workers == 2
+    assert config.pool.path == ["a.jsonl", "b.jsonl"]
+
+
+def test_override_errors_name_the_key(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("pool: {path: a.jsonl}\n")
+    with pytest.raises(ConfigError, match=r"^embedding.max_length: expected int"):
+        load_config(path, ["embedding.max_length=abc"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(path, ["embedding.max_length"])
+    with pytest.raises(ConfigError, match="pool.path: cannot set 'pool.path.x'"):
+        apply_overrides({"pool": {"path": "a"}}, ["pool.path.x=1"])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pool: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_quickstart_config_is_valid():
+    config = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    assert config.embedding.model == "default"
+    assert config.embedding.output
