@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -370,20 +369,11 @@ def tamis_batching(device: str) -> dict[str, int]:
 
 
 def versions() -> dict[str, str]:
-    import apache_beam
     import sentence_transformers
-    import transformers
 
-    import tamis
+    from tamis.pipelines.embed import versions as tamis_versions
 
-    return {
-        "tamis": tamis.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "apache_beam": apache_beam.__version__,
-    }
+    return {**tamis_versions(), "sentence_transformers": sentence_transformers.__version__}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -104,3 +104,8 @@ def test_quickstart_config_is_valid():
     config = load_config(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
     assert config.embedding.model == "default"
     assert config.embedding.output
+
+
+def test_every_example_config_is_valid():
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        load_config(path)

@@ -115,3 +115,13 @@ def test_gguf_decoder_is_cached_and_pools_left_padding_like_batch1(tmp_path, mon
         w = torch.arange(1, length + 1, dtype=torch.float64) / (length * (length + 1) / 2)
         e = (w[:, None] * hidden).sum(0)
         np.testing.assert_allclose(batched[row], (e / e.norm()).numpy(), atol=1e-5)
+
+
+def test_bfloat16_model_stays_close_to_float32(default_encoder, bbc_records):
+    texts = [r["text"][:300] for r in bbc_records[:8]]
+    half = Encoder(EmbeddingConfig(dtype="bfloat16"))
+    assert half.model.dtype == torch.bfloat16
+    got = half.encode(texts).embeddings
+    assert got.dtype == np.float32
+    want = default_encoder.encode(texts).embeddings
+    assert (got * want).sum(axis=1).min() > 0.99

@@ -28,14 +28,25 @@ def read_embeddings(output) -> tuple[list[str], np.ndarray, np.ndarray]:
     )
 
 
+def good_texts(pool) -> dict[str, str]:
+    """id -> text of the pool's valid records (the BBC ones), in file order."""
+    records = [json.loads(line) for line in pool.read_bytes().splitlines() if b'"bbc-' in line]
+    return {r["id"]: r["text"] for r in records}
+
+
 @pytest.fixture(scope="module")
 def bbc_pool(tmp_path_factory, bbc_records):
     """120 BBC articles, cut to different lengths, with a few bad lines mixed in."""
     records = []
     for i, r in enumerate(bbc_records[::18][:120]):
         records.append({"id": r["id"], "text": r["text"][: 80 + 23 * i], "topic": r["topic"]})
+    # Every kind of bad record, and a blank line (not a record).
     records.insert(10, "{broken json")
+    records.insert(30, b'{"id": "latin1", "text": "caf\xe9"}')
     records.insert(50, {"id": "empty", "text": ""})
+    records.insert(60, {"id": "number", "text": 42})
+    records.insert(70, {"id": "no-text", "title": "only a title"})
+    records.insert(80, ["a", "list"])
     records.insert(90, "")
     path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
     return write_jsonl(path, records)
@@ -53,11 +64,18 @@ def test_output_files_schema_and_counts(one_worker_run, bbc_pool):
     counts = manifest["counts"]
     assert counts == {
         **counts,
-        "records": 122,
+        "records": 126,
         "embedded": 120,
-        "rejected": 2,
+        "rejected": 6,
         "blank_lines": 1,
-        "rejected_by_reason": {"empty_text": 1, "malformed_json": 1},
+        "rejected_by_reason": {
+            "empty_text": 1,
+            "malformed_json": 1,
+            "missing_text": 1,
+            "not_an_object": 1,
+            "text_not_string": 1,
+            "undecodable_bytes": 1,
+        },
         "shards": 4,
         "shards_skipped": 0,
         "duplicate_ids": 0,
@@ -70,17 +88,17 @@ def test_output_files_schema_and_counts(one_worker_run, bbc_pool):
     assert emb.shape == (120, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert int(n_tokens.sum()) == counts["tokens"]
-    pool_ids = [
-        json.loads(line)["id"]
-        for line in bbc_pool.read_text().splitlines()
-        if line.startswith('{"id"') and '"empty"' not in line
-    ]
-    assert ids == pool_ids  # input order
+    assert ids == list(good_texts(bbc_pool))  # input order
     rejected = [json.loads(line) for line in (output / "rejected.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"]) for r in rejected] == [
         (11, "malformed_json"),
+        (31, "undecodable_bytes"),
         (51, "empty_text"),
+        (61, "text_not_string"),
+        (71, "missing_text"),
+        (81, "not_an_object"),
     ]
+    assert all(r["source"] == str(bbc_pool) for r in rejected)
     assert manifest["config"]["embedding"]["shard_size"] == 40
     assert manifest["model"]["dim"] == 384 and manifest["model"]["pooling"] == "weighted_mean"
     on_disk = json.loads((output / "manifest.json").read_text())
@@ -91,11 +109,7 @@ def test_pipeline_only_moves_data(one_worker_run, make_encoder, bbc_pool):
     """Shard embeddings equal the Encoder called directly on the same shard's texts."""
     output, _ = one_worker_run
     ids, emb, n_tokens = read_embeddings(output)
-    texts = {}
-    for line in bbc_pool.read_text().splitlines():
-        if line.startswith('{"id"'):
-            record = json.loads(line)
-            texts[record["id"]] = record["text"]
+    texts = good_texts(bbc_pool)
     first_shard = pl.read_parquet(output / "part-00000.parquet")["id"].to_list()
     direct = make_encoder(max_length=128).encode([texts[i] for i in first_shard])
     np.testing.assert_allclose(emb[: len(first_shard)], direct.embeddings, atol=1e-6)
@@ -209,3 +223,59 @@ def test_messages_with_tulu_template_and_derived_ids(tmp_path, make_encoder):
     text = "<|user|>\nName a fruit.\n<|assistant|>\nAn apple.</s>\n"
     direct = make_encoder(max_length=128).encode([text]).embeddings
     np.testing.assert_allclose(emb[:1], direct, atol=1e-6)
+
+
+def test_beam_metrics_count_records_and_outcomes(bbc_pool, tmp_path):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from tamis.pipelines.embed import METRICS_NAMESPACE, build_embed, plan_embed, prepare_output
+
+    plan = plan_embed(embed_config(bbc_pool, tmp_path, shard_size=40))
+    prepare_output(plan, overwrite=False)
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    build_embed(pipeline, plan)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
+            "counters"
+        ]
+    }
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert counters["records"] == manifest["counts"]["records"] == 126
+    assert counters["embedded"] == 120
+    assert counters["tokens"] == manifest["counts"]["tokens"]
+    assert counters["blank_lines"] == 1
+    assert counters["rejected_undecodable_bytes"] == 1
+    assert counters["shards_written"] == 4
+
+
+@pytest.mark.slow
+def test_model_shared_across_worker_processes_gives_the_same_embeddings(
+    one_worker_run, bbc_pool, tmp_path
+):
+    output, _ = one_worker_run
+    config = embed_config(bbc_pool, tmp_path, shard_size=40, share_model_across_processes=True)
+    config.runner.num_workers = 2
+    manifest = run_embed(config, progress=False)
+    assert manifest["counts"]["embedded"] == 120
+    ids, emb, _ = read_embeddings(tmp_path)
+    ids1, emb1, _ = read_embeddings(output)
+    assert ids == ids1
+    np.testing.assert_allclose(emb, emb1, atol=1e-6)
+
+
+def test_chat_template_needs_a_tokenizer_that_has_one(bbc_pool, tmp_path):
+    from tamis.config import ConfigError
+
+    config = config_from_dict(
+        {
+            "pool": {"path": str(bbc_pool), "template": "chat"},
+            "embedding": {"output": str(tmp_path / "e")},
+        }
+    )
+    with pytest.raises(ConfigError, match="pool.template: 'chat' needs a chat template"):
+        run_embed(config, progress=False)

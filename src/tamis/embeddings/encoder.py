@@ -252,6 +252,8 @@ class Encoder:
         return self.cfg.max_tokens_per_batch or DEFAULT_MAX_TOKENS.get(self.device.type, 2048)
 
     def describe(self) -> dict:
+        """The model and its settings, as the manifest records them (a method, not
+        attributes, so that it also works through a cross-process proxy)."""
         return {
             "model": self.cfg.model,
             "model_kind": self.source.kind,
@@ -264,6 +266,7 @@ class Encoder:
             "max_tokens_per_batch": self.max_tokens_per_batch,
             "dtype": self.cfg.dtype,
             "device": str(self.device),
+            "load_seconds": round(self.load_seconds, 3),
         }
 
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:

@@ -237,8 +237,15 @@ class EncodeShard(beam.DoFn):
             return
         items = sorted(items)  # by input line: shards are in file order
         started = time.perf_counter()
-        encoded = self.encoder.encode([text for _, _, text in items], progress=self._progress)
+        texts = [text for _, _, text in items]
+        if self.cfg.share_model_across_processes:
+            # The model lives in another process: a callback cannot cross the proxy.
+            encoded = self.encoder.encode(texts)
+            self._progress(len(texts))
+        else:
+            encoded = self.encoder.encode(texts, progress=self._progress)
         seconds = time.perf_counter() - started
+        model = self.encoder.describe()
         stats = {
             "part": index,
             "source_file_index": key[0],
@@ -248,8 +255,8 @@ class EncodeShard(beam.DoFn):
             "tokens": int(encoded.n_tokens.sum()),
             "truncated": int(encoded.truncated.sum()),
             "encode_seconds": round(seconds, 4),
-            "model": self.encoder.describe(),
-            "model_load_seconds": round(self.encoder.load_seconds, 3),
+            "model_load_seconds": model.pop("load_seconds"),
+            "model": model,
         }
         table = shard_table(
             [rid for _, rid, _ in items], encoded.embeddings, encoded.n_tokens, stats
