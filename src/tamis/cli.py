@@ -105,13 +105,12 @@ def _embed(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _load(args)
-    status = _embed(args, beam_args)
-    if status == 0 and config.selection is not None:
+    if config.selection is not None:  # refused before any work starts
         raise ConfigError(
             "selection: the select stage is not available in this version of tamis; "
             "remove the selection section to embed only"
         )
-    return status
+    return _embed(args, beam_args)
 
 
 _BAD_RECORD = re.compile(r"BadRecordError: (.+)")

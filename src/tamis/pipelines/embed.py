@@ -438,7 +438,8 @@ def finalize(
 def prepare_output(plan: EmbedPlan, overwrite: bool) -> None:
     """Check the output belongs to this job (or clear it with overwrite) and record the job."""
     output = plan.output
-    FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
     job_path = FileSystems.join(output, JOB_FILE)
     existing = FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
     leftovers = [m.path for m in existing if ".tmp-" in m.path]
