@@ -55,6 +55,9 @@ class InputFile:
     path: str
     format: str  # jsonl | parquet | hf
     size: int
+    # Last modification (seconds since the epoch): with the size, it tells a re-run whether
+    # the input changed since finished shards were written.
+    mtime: float
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def resolve_inputs(paths: str | list[str], fmt: str = "auto") -> list[InputFile]
         if fmt == "hf" or _is_hf_dataset_dir(pattern):
             if not _is_hf_dataset_dir(pattern):
                 raise InputError(f"{pattern}: not a `datasets` save_to_disk directory")
-            found[pattern] = InputFile(pattern, "hf", _dir_size(pattern))
+            size, mtime = _dir_size_and_mtime(pattern)
+            found[pattern] = InputFile(pattern, "hf", size, mtime)
             continue
         if os.path.isdir(pattern):
             pattern = os.path.join(pattern, "*")
@@ -134,16 +138,20 @@ def resolve_inputs(paths: str | list[str], fmt: str = "auto") -> list[InputFile]
         if not files:
             raise InputError(f"{pattern}: matches no file")
         for meta in files:
-            found[meta.path] = InputFile(meta.path, _format_of(meta.path, fmt), meta.size_in_bytes)
+            found[meta.path] = InputFile(
+                meta.path,
+                _format_of(meta.path, fmt),
+                meta.size_in_bytes,
+                meta.last_updated_in_seconds,
+            )
     return sorted(found.values(), key=lambda f: f.path)
 
 
-def _dir_size(path: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(root, name))
-        for root, _, names in os.walk(path)
-        for name in names
-    )
+def _dir_size_and_mtime(path: str) -> tuple[int, float]:
+    stats = [
+        os.stat(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+    ]
+    return sum(st.st_size for st in stats), max((st.st_mtime for st in stats), default=0.0)
 
 
 # ---------------------------------------------------------------------------------------------

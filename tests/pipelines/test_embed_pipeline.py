@@ -279,3 +279,12 @@ def test_chat_template_needs_a_tokenizer_that_has_one(bbc_pool, tmp_path):
     )
     with pytest.raises(ConfigError, match="pool.template: 'chat' needs a chat template"):
         run_embed(config, progress=False)
+
+
+def test_a_changed_input_is_a_different_job(tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": "a", "text": "first version"}])
+    run_embed(embed_config(pool, tmp_path / "e"), progress=False)
+    write_jsonl(pool, [{"id": "a", "text": "other version"}])  # same size, new content
+    os.utime(pool, (time.time() + 5, time.time() + 5))
+    with pytest.raises(OutputConflictError, match="different job"):
+        run_embed(embed_config(pool, tmp_path / "e"), progress=False)
