@@ -280,19 +280,13 @@ class EmbedPlan:
     config: Config
     inputs: list[InputFile]
     output: str
+    # What determines the shards' content: inputs, pool reading and embedding settings.
+    job: dict
     fingerprint: str
 
     def job_record(self) -> dict:
-        return {
-            "fingerprint": self.fingerprint,
-            "inputs": [asdict(i) for i in self.inputs],
-            "pool": asdict(self.config.pool) if self.config.pool else None,
-            "embedding": _fingerprinted_embedding(self.config.embedding),
-        }
-
-
-def _fingerprinted_embedding(cfg: EmbeddingConfig) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in _NON_FINGERPRINT_KEYS}
+        """What _tamis_job.json holds: the fingerprint and what it was computed from."""
+        return {"fingerprint": self.fingerprint, **self.job}
 
 
 def plan_embed(config: Config) -> EmbedPlan:
@@ -302,10 +296,12 @@ def plan_embed(config: Config) -> EmbedPlan:
     job = {
         "inputs": [asdict(i) for i in inputs],
         "pool": {k: v for k, v in asdict(pool).items() if k != "strict"},
-        "embedding": _fingerprinted_embedding(config.embedding),
+        "embedding": {
+            k: v for k, v in asdict(config.embedding).items() if k not in _NON_FINGERPRINT_KEYS
+        },
     }
     fingerprint = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:20]
-    return EmbedPlan(config, inputs, output, fingerprint)
+    return EmbedPlan(config, inputs, output, job, fingerprint)
 
 
 def build_embed(
