@@ -67,13 +67,13 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class RoundRobinPicks:
+class RdsPicks:
     index: np.ndarray  # pool positions, in pick order
     task: np.ndarray  # which task took each pick
     score: np.ndarray  # that task's score of the pick
 
 
-def round_robin(scores: np.ndarray, budget: int) -> RoundRobinPicks:
+def round_robin(scores: np.ndarray, budget: int) -> RdsPicks:
     """Tasks take turns in order, each taking its best item not yet taken, until the budget.
 
     A task looks at no more than `budget` of its candidates: each one it passes over was
@@ -105,12 +105,12 @@ def round_robin(scores: np.ndarray, budget: int) -> RoundRobinPicks:
             break
     index_arr = np.asarray(index, dtype=np.int64)
     task_arr = np.asarray(task, dtype=np.int64)
-    return RoundRobinPicks(index_arr, task_arr, scores[task_arr, index_arr])
+    return RdsPicks(index_arr, task_arr, scores[task_arr, index_arr])
 
 
-def top(scores: np.ndarray, budget: int) -> RoundRobinPicks:
+def top(scores: np.ndarray, budget: int) -> RdsPicks:
     """Plain global ranking: each item's best task score, the `budget` highest."""
     best_task = scores.argmax(axis=0)
     best = scores[best_task, np.arange(scores.shape[1])]
     index = top_k_indices(best, budget)
-    return RoundRobinPicks(index, best_task[index], best[index])
+    return RdsPicks(index, best_task[index], best[index])
