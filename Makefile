@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 data/bbcnews.jsonl: | $(STAMP)
-	$(TAMIS) data bbcnews $@
+	$(TAMIS) data bbcnews $@ --queries tech,sports
 
 quickstart: $(STAMP) data/bbcnews.jsonl
 	$(TAMIS) run configs/quickstart.yaml

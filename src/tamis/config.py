@@ -75,6 +75,11 @@ class SelectionConfig:
     params: dict[str, Any] = field(default_factory=dict)
     join_records: bool = False
     seed: int = 0
+    # Drop exact duplicates (same rendered text) before selecting; the first one is kept.
+    deduplicate: bool = False
+    # A pool column holding a label to compare with task names (demos and evaluation):
+    # the summary then says how many of each task's picks carry that task's label.
+    label_field: str | None = None
     output: str | None = None
 
 
@@ -162,7 +167,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         _, value_tp = typing.get_args(tp)
         return {str(k): _convert(v, value_tp, f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return build_dataclass(tp, value, path)
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{path}: expected null, got {value!r}")
@@ -186,7 +191,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {path}")
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
+def build_dataclass(cls: type, data: Any, path: str) -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and missing required ones."""
     where = path or "config"
     if data is None:
@@ -255,7 +260,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    config = _build(Config, data, "")
+    config = build_dataclass(Config, data, "")
     validate(config)
     return config
 

@@ -17,7 +17,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -66,6 +66,8 @@ class PoolRecord:
     text: str
     source: str
     line: int
+    # The whole decoded record, kept only when asked for (joining records into subsets).
+    fields: dict | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ def to_pool_record(
     pool: PoolConfig,
     chat_template: Callable | None = None,
     snippet: str | None = None,
+    keep_fields: bool = False,
 ) -> PoolRecord | Rejected:
     """Validate one decoded record and produce its id and text, or a dead letter."""
 
@@ -237,7 +240,7 @@ def to_pool_record(
         return reject(MISSING_TEXT, f"record has no {fields} field", rid)
     if not text.strip():
         return reject(EMPTY_TEXT, "text is empty or whitespace", rid)
-    return PoolRecord(rid, text, source, line)
+    return PoolRecord(rid, text, source, line, raw if keep_fields else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +253,9 @@ def _snippet(data: bytes | str) -> str:
     return data[:RAW_SNIPPET_CHARS]
 
 
-def iter_jsonl(path: str, pool: PoolConfig, chat_template: Callable | None = None):
+def iter_jsonl(
+    path: str, pool: PoolConfig, chat_template: Callable | None = None, keep_fields: bool = False
+):
     """Read a JSONL (or .gz) file line by line; undecodable bytes reject only their line."""
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
         for number, data in enumerate(iter(stream.readline, b""), start=1):
@@ -269,7 +274,9 @@ def iter_jsonl(path: str, pool: PoolConfig, chat_template: Callable | None = Non
             except json.JSONDecodeError as err:
                 yield Rejected(path, number, MALFORMED_JSON, str(err), None, _snippet(text))
                 continue
-            yield to_pool_record(raw, path, number, pool, chat_template, _snippet(text))
+            yield to_pool_record(
+                raw, path, number, pool, chat_template, _snippet(text), keep_fields
+            )
 
 
 def _iter_table_rows(batches: Iterator[Any]) -> Iterator[tuple[int, dict]]:
@@ -280,18 +287,22 @@ def _iter_table_rows(batches: Iterator[Any]) -> Iterator[tuple[int, dict]]:
             row += 1
 
 
-def iter_parquet(path: str, pool: PoolConfig, chat_template: Callable | None = None):
+def iter_parquet(
+    path: str, pool: PoolConfig, chat_template: Callable | None = None, keep_fields: bool = False
+):
     import pyarrow.parquet as pq
 
     wanted = {pool.id_field, pool.text_field, pool.messages_field}
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         pf = pq.ParquetFile(f)
-        columns = [name for name in pf.schema_arrow.names if name in wanted]
+        columns = None if keep_fields else [n for n in pf.schema_arrow.names if n in wanted]
         for row, item in _iter_table_rows(pf.iter_batches(batch_size=4096, columns=columns)):
-            yield to_pool_record(item, path, row, pool, chat_template)
+            yield to_pool_record(item, path, row, pool, chat_template, None, keep_fields)
 
 
-def iter_hf_dataset(path: str, pool: PoolConfig, chat_template: Callable | None = None):
+def iter_hf_dataset(
+    path: str, pool: PoolConfig, chat_template: Callable | None = None, keep_fields: bool = False
+):
     import datasets
 
     ds = datasets.load_from_disk(path)
@@ -300,22 +311,28 @@ def iter_hf_dataset(path: str, pool: PoolConfig, chat_template: Callable | None 
             f"{path}: is a DatasetDict with splits {list(ds)}; point pool.path at one split"
         )
     wanted = {pool.id_field, pool.text_field, pool.messages_field}
-    columns = [name for name in ds.column_names if name in wanted]
+    columns = ds.column_names if keep_fields else [n for n in ds.column_names if n in wanted]
     table = ds.select_columns(columns).with_format("arrow")
     batches = (table[i : i + 4096] for i in range(0, len(table), 4096))
     for row, item in _iter_table_rows(batches):
-        yield to_pool_record(item, path, row, pool, chat_template)
+        yield to_pool_record(item, path, row, pool, chat_template, None, keep_fields)
 
 
 READERS = {"jsonl": iter_jsonl, "parquet": iter_parquet, "hf": iter_hf_dataset}
 
 
 def read_input(
-    source: InputFile, pool: PoolConfig, chat_template: Callable | None = None
+    source: InputFile,
+    pool: PoolConfig,
+    chat_template: Callable | None = None,
+    keep_fields: bool = False,
 ) -> Iterator[ReadResult]:
-    """Every record of one input, in file order, as PoolRecord, Rejected or BlankLine."""
+    """Every record of one input, in file order, as PoolRecord, Rejected or BlankLine.
+
+    With keep_fields, each PoolRecord also carries its whole decoded record.
+    """
     reader = READERS[source.format]
-    for result in reader(source.path, pool, chat_template):
+    for result in reader(source.path, pool, chat_template, keep_fields):
         if pool.strict and isinstance(result, Rejected):
             raise BadRecordError(result.message())
         yield result
@@ -334,6 +351,17 @@ def count_records(source: InputFile) -> int:
     import datasets
 
     return len(datasets.load_from_disk(source.path))
+
+
+def iter_pool_records(
+    pool: PoolConfig, chat_template: Callable | None = None, keep_fields: bool = False
+) -> Iterator[PoolRecord]:
+    """The valid records of the whole pool, in pool order (dead letters are skipped here:
+    the embed stage already reported them)."""
+    for source in resolve_inputs(pool.path, pool.format):
+        for result in read_input(source, pool, chat_template, keep_fields):
+            if isinstance(result, PoolRecord):
+                yield result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +386,10 @@ def write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
-def read_json(path: str) -> Any:
+def read_bytes(path: str) -> bytes:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return json.loads(f.read().decode("utf-8"))
+        return f.read()
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_bytes(path).decode("utf-8"))

@@ -26,3 +26,16 @@ def test_bbcnews_converter_writes_all_articles_in_sorted_order(tmp_path, capsys)
     # The one Windows-1252 article (a bare pound sign) is decoded, not mangled.
     sport = next(r for r in records if r["file"] == "sports/199.txt")
     assert "\ufffd" not in sport["text"] and "£" in sport["text"]
+
+
+def test_held_out_queries_leave_the_pool(tmp_path, capsys):
+    out = tmp_path / "bbc.jsonl"
+    assert tamis_main(["data", "bbcnews", str(out), "--queries", "tech,sports"]) == 0
+    pool = [json.loads(line) for line in out.read_text().splitlines()]
+    tech = [
+        json.loads(line) for line in (tmp_path / "bbc_queries_tech.jsonl").read_text().splitlines()
+    ]
+    sports = (tmp_path / "bbc_queries_sports.jsonl").read_text().splitlines()
+    assert len(pool) == 2215 and len(tech) == 5 and len(sports) == 5
+    assert {r["topic"] for r in tech} == {"tech"}
+    assert not {r["id"] for r in tech} & {r["id"] for r in pool}

@@ -55,14 +55,39 @@ def bbcnews_records(source: Path | None = None) -> list[dict]:
     return records
 
 
-def write_bbcnews(output: str | Path, source: Path | None = None) -> int:
-    """Write the pool as JSONL; returns the number of records."""
-    records = bbcnews_records(source)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    return len(records)
+    tmp.replace(path)
+
+
+def query_path(output: str | Path, topic: str) -> Path:
+    """Where the held-out query articles of `topic` go: beside the pool file."""
+    out = Path(output)
+    return out.with_name(f"{out.name.split('.')[0]}_queries_{topic}.jsonl")
+
+
+def write_bbcnews(
+    output: str | Path,
+    query_topics: list[str] | None = None,
+    queries_per_topic: int = 5,
+    source: Path | None = None,
+) -> dict[str, int]:
+    """Write the pool as JSONL; optionally hold out the first articles of some topics as
+    target-task queries (their own files, not in the pool). Returns record counts."""
+    records = bbcnews_records(source)
+    topics = sorted({r["topic"] for r in records})
+    held: dict[str, list[dict]] = {}
+    for topic in query_topics or []:
+        if topic not in topics:
+            raise ValueError(f"unknown BBC News topic {topic!r}; topics: {', '.join(topics)}")
+        held[topic] = [r for r in records if r["topic"] == topic][:queries_per_topic]
+    held_ids = {r["id"] for rows in held.values() for r in rows}
+    pool = [r for r in records if r["id"] not in held_ids]
+    _write_jsonl(Path(output), pool)
+    for topic, rows in held.items():
+        _write_jsonl(query_path(output, topic), rows)
+    return {"pool": len(pool), **{f"queries_{t}": len(rows) for t, rows in held.items()}}

@@ -173,6 +173,16 @@ def load_tokenizer(cfg: EmbeddingConfig):
     return _from_pretrained(AutoTokenizer, source, cfg, trust_remote_code=cfg.trust_remote_code)
 
 
+def chat_template_function(cfg: EmbeddingConfig) -> Callable[[list[dict]], str]:
+    """messages -> text with the model tokenizer's own chat template."""
+    tokenizer = load_tokenizer(cfg)
+
+    def apply(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+
+    return apply
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

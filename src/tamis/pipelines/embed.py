@@ -117,14 +117,9 @@ class ReadPool(beam.DoFn):
     def setup(self):
         self.chat_template = None
         if self.pool.template == "chat":
-            from tamis.embeddings.encoder import load_tokenizer
+            from tamis.embeddings.encoder import chat_template_function
 
-            tokenizer = load_tokenizer(self.embedding)
-
-            def apply(messages):
-                return tokenizer.apply_chat_template(messages, tokenize=False)
-
-            self.chat_template = apply
+            self.chat_template = chat_template_function(self.embedding)
 
     def process(self, indexed_input: tuple[int, InputFile]):
         file_index, source = indexed_input

@@ -1,1 +1,6 @@
-"""Selectors: one module per method; each core is a pure function over arrays."""
+"""Selectors: one module per method; each core is a pure function over arrays.
+
+Importing this package registers the built-in selectors.
+"""
+
+from tamis.selectors import random_baseline, rds  # noqa: F401

@@ -11,8 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+from tamis.config import ConfigError
+from tamis.selectors.base import (
+    EMBEDDINGS,
+    QUERY_EMBEDDINGS,
+    Selection,
+    SelectionInputs,
+    Selector,
+    register,
+)
 
 AGGREGATIONS = ("max", "mean")
 
@@ -50,20 +61,58 @@ def max_similarity_per_task(
     return np.concatenate(per_block, axis=1)
 
 
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, best first, ties to the lower index; O(N + k log k)."""
-    n = len(scores)
-    k = min(k, n)
+def top_k_indices(scores: np.ndarray, k: int, tie: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the k highest scores, best first; O(N + k log k).
+
+    Ties go to the lower `tie` key (default: the lower position). -inf scores are never
+    returned: they mark items that may not be picked.
+    """
+    tie = np.arange(len(scores)) if tie is None else tie
+    finite = np.flatnonzero(scores > -np.inf)
+    k = min(k, len(finite))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    if k < n:
-        kth = np.partition(scores, n - k)[n - k]  # the k-th largest value
+    if k < len(finite):
+        kth = np.partition(scores[finite], len(finite) - k)[len(finite) - k]  # k-th largest
         above = np.flatnonzero(scores > kth)
-        tied = np.flatnonzero(scores == kth)[: k - len(above)]
+        tied = np.flatnonzero(scores == kth)
+        tied = tied[np.argsort(tie[tied], kind="stable")][: k - len(above)]
         candidates = np.concatenate([above, tied])
     else:
-        candidates = np.arange(n)
-    return candidates[np.lexsort((candidates, -scores[candidates]))]
+        candidates = finite
+    return candidates[np.lexsort((tie[candidates], -scores[candidates]))]
+
+
+def top_per_query(
+    pool_blocks: Iterable[np.ndarray],
+    queries: np.ndarray,
+    k: int,
+    excluded: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k best pool positions and their similarities, best first.
+
+    Running top-k per query over the pool blocks: memory O(queries x (k + block)), never
+    O(queries x N). Ties go to the lower pool position, as in a full sort.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    n_queries = len(queries)
+    best_index = np.zeros((n_queries, 0), dtype=np.int64)
+    best_score = np.zeros((n_queries, 0), dtype=np.float32)
+    offset = 0
+    for block in pool_blocks:
+        block = np.asarray(block, dtype=np.float32)
+        sims = queries @ block.T
+        positions = np.arange(offset, offset + len(block))
+        if excluded is not None:
+            sims[:, np.isin(positions, excluded)] = -np.inf
+        scores = np.concatenate([best_score, sims], axis=1)
+        index = np.concatenate([best_index, np.broadcast_to(positions, sims.shape)], axis=1)
+        keep = [top_k_indices(scores[q], k, tie=index[q]) for q in range(n_queries)]
+        width = min(len(row) for row in keep) if keep else 0
+        best_index = np.stack([index[q, row[:width]] for q, row in enumerate(keep)])
+        best_score = np.stack([scores[q, row[:width]] for q, row in enumerate(keep)])
+        offset += len(block)
+    return best_index, best_score
 
 
 @dataclass(frozen=True)
@@ -114,3 +163,96 @@ def top(scores: np.ndarray, budget: int) -> RdsPicks:
     best = scores[best_task, np.arange(scores.shape[1])]
     index = top_k_indices(best, budget)
     return RdsPicks(index, best_task[index], best[index])
+
+
+def query_round_robin(
+    best_index: np.ndarray, best_score: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference's single-task round robin over queries.
+
+    Queries take turns in order; each pops the next item of its own list (best first). An
+    item already selected is dropped and that turn is used up. Returns (positions, query,
+    score) in pick order. Each query pops only distinct items, each either newly selected or
+    already selected, so `budget` items per query are always enough.
+    """
+    taken: set[int] = set()
+    index, query, score = [], [], []
+    n_queries, depth = best_index.shape
+    for turn in range(depth):
+        for q in range(n_queries):
+            if len(index) == budget:
+                break
+            item = int(best_index[q, turn])
+            if item in taken:
+                continue
+            taken.add(item)
+            index.append(item)
+            query.append(q)
+            score.append(best_score[q, turn])
+        if len(index) == budget:
+            break
+    return (
+        np.asarray(index, dtype=np.int64),
+        np.asarray(query, dtype=np.int64),
+        np.asarray(score, dtype=np.float32),
+    )
+
+
+@register
+class RdsSelector(Selector):
+    """RDS+: pool items most similar to a few examples of each target task."""
+
+    name = "rds"
+    needs = frozenset({EMBEDDINGS, QUERY_EMBEDDINGS})
+
+    @dataclass
+    class Params:
+        aggregation: Literal["max", "mean"] = "max"
+        # round_robin: tasks take turns in their configured order; top: one global ranking.
+        multi_task: Literal["round_robin", "top"] = "round_robin"
+        # The reference's single-task script: queries (all tasks', in task order) take turns
+        # instead of tasks; each turn pops the query's next item.
+        query_round_robin: bool = False
+
+    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
+        if not inputs.queries:
+            raise ConfigError("queries: rds needs at least one target task")
+        names = list(inputs.queries)
+        if self.params.query_round_robin:
+            return self._query_round_robin(inputs, names, budget)
+        scores = max_similarity_per_task(
+            inputs.blocks(), [inputs.queries[t] for t in names], self.params.aggregation
+        )
+        if inputs.excluded is not None:
+            scores[:, inputs.excluded] = -np.inf
+        merge = round_robin if self.params.multi_task == "round_robin" else top
+        picks = merge(scores, budget)
+        return Selection(
+            selector=self.name,
+            index=picks.index,
+            ids=[inputs.ids[i] for i in picks.index],
+            score=picks.score,
+            columns={"task": [names[t] for t in picks.task]},
+            info={"picks_per_task": _count(names, picks.task)},
+        )
+
+    def _query_round_robin(self, inputs: SelectionInputs, names: list[str], budget: int):
+        queries = np.concatenate([inputs.queries[t] for t in names])
+        task_of_query = np.repeat(np.arange(len(names)), [len(inputs.queries[t]) for t in names])
+        first_query = np.concatenate([[0], np.cumsum([len(inputs.queries[t]) for t in names])])
+        best_index, best_score = top_per_query(inputs.blocks(), queries, budget, inputs.excluded)
+        index, query, score = query_round_robin(best_index, best_score, budget)
+        task = task_of_query[query]
+        return Selection(
+            selector=self.name,
+            index=index,
+            ids=[inputs.ids[i] for i in index],
+            score=score,
+            columns={"task": [names[t] for t in task], "query": query - first_query[task]},
+            info={"picks_per_task": _count(names, task)},
+        )
+
+
+def _count(names: list[str], task: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(task, minlength=len(names))
+    return {name: int(c) for name, c in zip(names, counts, strict=True)}

@@ -1,0 +1,138 @@
+"""The selector protocol, the registry, budgets, and the `Selection` every selector returns.
+
+A selector is a class registered by name. It declares the inputs it needs and a dataclass
+of parameters (validated from `selection.params` with key paths in errors), and its
+`select` is a pure function of arrays: no Beam, no files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from tamis.config import ConfigError, build_dataclass
+
+# What a selector may declare it needs (the select pipeline provides these).
+EMBEDDINGS = "embeddings"
+QUERY_EMBEDDINGS = "query_embeddings"
+
+
+@dataclass
+class SelectionInputs:
+    """What the select pipeline hands a selector."""
+
+    ids: list[str]  # pool ids, in pool order
+    # Re-iterable (B, dim) float32 blocks of the pool embeddings, in pool order; a callable
+    # so a selector can stream the pool (several passes if it needs them).
+    blocks: Callable[[], Iterator[np.ndarray]] | None = None
+    dim: int | None = None
+    queries: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (Q, dim)
+    # Pool positions a selector must not pick (e.g. exact duplicates removed before).
+    excluded: np.ndarray | None = None
+
+
+@dataclass
+class Selection:
+    """Picks in order: rank i is the i-th pick."""
+
+    selector: str
+    index: np.ndarray  # pool positions
+    ids: list[str]
+    score: np.ndarray
+    weight: np.ndarray | None = None  # None: every pick weighs 1.0
+    columns: dict[str, list | np.ndarray] = field(default_factory=dict)  # method columns
+    info: dict[str, Any] = field(default_factory=dict)  # method statistics for the manifest
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_table(self) -> pa.Table:
+        n = len(self.ids)
+        weight = np.ones(n) if self.weight is None else self.weight
+        data = {
+            "id": pa.array(self.ids, pa.string()),
+            "rank": pa.array(np.arange(n), pa.int64()),
+            "score": pa.array(np.asarray(self.score, dtype=np.float64)),
+            "weight": pa.array(np.asarray(weight, dtype=np.float64)),
+            "selector": pa.array([self.selector] * n, pa.string()),
+        }
+        for name, values in self.columns.items():
+            data[name] = pa.array(values.tolist() if isinstance(values, np.ndarray) else values)
+        return pa.table(data)
+
+
+class Selector:
+    """Base class: subclasses set `name`, `needs`, `Params` and implement `select`."""
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Selector]] = {}
+
+
+def register(cls: type[Selector]) -> type[Selector]:
+    """Class decorator: make a selector available under `cls.name`."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"selector {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def make_selector(name: str, params: dict[str, Any]) -> Selector:
+    """The named selector with its parameters validated (errors name selection.params.KEY)."""
+    import tamis.selectors  # noqa: F401  (registers the built-in selectors)
+
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise ConfigError(f"selection.selector: unknown selector {name!r}; known: {known}")
+    cls = REGISTRY[name]
+    return cls(build_dataclass(cls.Params, params, "selection.params"))
+
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def parse_budget(budget: int | float | str, pool_size: int) -> int:
+    """A count, a fraction in (0, 1] or a percentage string ("10%") -> a count <= pool size."""
+    if isinstance(budget, str):
+        match = _PERCENT.match(budget)
+        if not match:
+            raise ConfigError(f"selection.budget: expected a count or 'N%', got {budget!r}")
+        count = int(round(float(match[1]) / 100 * pool_size))
+    elif isinstance(budget, float):
+        if not 0 < budget <= 1:
+            raise ConfigError(f"selection.budget: a fraction must be in (0, 1], got {budget}")
+        count = int(round(budget * pool_size))
+    else:
+        count = budget
+    if count < 1:
+        raise ConfigError(f"selection.budget: must select at least 1 item, got {budget!r}")
+    if count > pool_size:
+        raise ConfigError(
+            f"selection.budget: {count} is larger than the pool ({pool_size} candidates)"
+        )
+    return count
+
+
+def candidate_mask(inputs: SelectionInputs) -> np.ndarray:
+    """True for the pool positions a selector may pick."""
+    allowed = np.ones(len(inputs.ids), dtype=bool)
+    if inputs.excluded is not None:
+        allowed[inputs.excluded] = False
+    return allowed
