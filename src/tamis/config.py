@@ -80,6 +80,8 @@ class SelectionConfig:
     # A pool column holding a label to compare with task names (demos and evaluation):
     # the summary then says how many of each task's picks carry that task's label.
     label_field: str | None = None
+    # Score pool shards on Beam workers (rds); always so on non-local runners.
+    distributed: bool = False
     output: str | None = None
 
 

@@ -150,3 +150,21 @@ def test_cli_run_embeds_then_selects(bbc_job, tmp_path, capsys):
     assert "(1 already done)" in out  # embeddings reused
     assert "tech: 20 picks" in out and "on topic" in out
     assert (tmp_path / "subset" / "subset.parquet").exists()
+
+
+def test_distributed_select_writes_the_local_subset(bbc_job, tmp_path):
+    root, data = bbc_job
+    local = run_select(with_selection(data, output=str(tmp_path / "local")))
+    beam = run_select(with_selection(data, output=str(tmp_path / "beam"), distributed=True))
+    assert beam["counts"] == local["counts"]
+    subset = (tmp_path / "local" / "subset.jsonl").read_text()
+    assert (tmp_path / "beam" / "subset.jsonl").read_text() == subset
+    with pytest.raises(ConfigError, match="only rds with multi_task"):
+        run_select(
+            with_selection(
+                data,
+                distributed=True,
+                params={"query_round_robin": True},
+                output=str(tmp_path / "x"),
+            )
+        )

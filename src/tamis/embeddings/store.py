@@ -38,7 +38,7 @@ def embeddings_manifest(directory: str) -> dict:
     return read_json(FileSystems.join(directory, MANIFEST))
 
 
-def _read_part(path: str) -> EmbeddingBlock:
+def read_part(path: str) -> EmbeddingBlock:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         table = pq.read_table(f)
     column = table.column("embedding").combine_chunks()
@@ -64,7 +64,7 @@ def read_ids(directory: str) -> list[str]:
 def iter_embedding_blocks(directory: str) -> Iterator[EmbeddingBlock]:
     """One block per part file, in pool order; memory is one shard at a time."""
     for path in embedding_parts(directory):
-        yield _read_part(path)
+        yield read_part(path)
 
 
 def read_embeddings(directory: str) -> tuple[list[str], np.ndarray]:

@@ -153,7 +153,30 @@ def write_subset(output: str, rows: list[dict]) -> None:
     write_jsonl_atomic(FileSystems.join(output, SUBSET_JSONL), lines)
 
 
-def run_select(config: Config) -> dict:
+def _rds_on_beam(config, selector, inputs, budget, pool_dir, output, beam_args) -> Selection:
+    from tamis.pipelines.select_beam import rds_on_beam
+
+    if selector.name != "rds" or selector.params.query_round_robin:
+        raise ConfigError(
+            "selection.distributed: only rds with multi_task round_robin or top runs on Beam "
+            "workers; use runner.name: local for this selector"
+        )
+    names = list(inputs.queries)
+    picks = rds_on_beam(
+        pool_dir,
+        [inputs.queries[t] for t in names],
+        selector.params.aggregation,
+        selector.params.multi_task,
+        budget,
+        output,
+        config.runner,
+        beam_args,
+        inputs.excluded,
+    )
+    return selector.selection_from_picks(picks, inputs.ids, names)
+
+
+def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
     """Run the configured selector over finished embeddings; write and return the manifest."""
     started = time.perf_counter()
     selection_cfg = require(config.selection, "selection")
@@ -191,7 +214,10 @@ def run_select(config: Config) -> dict:
         excluded=excluded,
     )
     select_started = time.perf_counter()
-    selection = selector.select(inputs, budget, selection_cfg.seed)
+    if selection_cfg.distributed or config.runner.name != "local":
+        selection = _rds_on_beam(config, selector, inputs, budget, pool_dir, output, beam_args)
+    else:
+        selection = selector.select(inputs, budget, selection_cfg.seed)
     select_seconds = time.perf_counter() - select_started
 
     wanted = set(selection.ids)

@@ -127,34 +127,44 @@ def round_robin(scores: np.ndarray, budget: int) -> RdsPicks:
 
     A task looks at no more than `budget` of its candidates: each one it passes over was
     taken already, and at most `budget` items are ever taken. So per-task top-`budget` lists
-    give the same picks as full sorts.
+    give the same picks as full sorts (and per-shard top lists, merged, give them too).
     """
-    n_tasks, n = scores.shape
-    budget = min(budget, n)
-    ranked = [top_k_indices(scores[t], budget) for t in range(n_tasks)]
-    cursor = [0] * n_tasks
-    taken = np.zeros(n, dtype=bool)
-    index, task = [], []
+    budget = min(budget, scores.shape[1])
+    ranked = [top_k_indices(row, budget) for row in scores]
+    return round_robin_ranked(
+        ranked, [row[r] for row, r in zip(scores, ranked, strict=True)], budget
+    )
+
+
+def round_robin_ranked(
+    ranked: Sequence[np.ndarray], ranked_scores: Sequence[np.ndarray], budget: int
+) -> RdsPicks:
+    """The round robin over per-task candidate lists, each best first (positions, scores)."""
+    cursor = [0] * len(ranked)
+    taken: set[int] = set()
+    index, task, score = [], [], []
     while len(index) < budget:
         progressed = False
-        for t in range(n_tasks):
+        for t, order in enumerate(ranked):
             if len(index) == budget:
                 break
-            order = ranked[t]
-            while cursor[t] < len(order) and taken[order[cursor[t]]]:
+            while cursor[t] < len(order) and int(order[cursor[t]]) in taken:
                 cursor[t] += 1
             if cursor[t] == len(order):
                 continue
             pick = int(order[cursor[t]])
-            taken[pick] = True
+            taken.add(pick)
             index.append(pick)
             task.append(t)
+            score.append(ranked_scores[t][cursor[t]])
             progressed = True
         if not progressed:
             break
-    index_arr = np.asarray(index, dtype=np.int64)
-    task_arr = np.asarray(task, dtype=np.int64)
-    return RdsPicks(index_arr, task_arr, scores[task_arr, index_arr])
+    return RdsPicks(
+        np.asarray(index, dtype=np.int64),
+        np.asarray(task, dtype=np.int64),
+        np.asarray(score, dtype=np.float32),
+    )
 
 
 def top(scores: np.ndarray, budget: int) -> RdsPicks:
@@ -226,11 +236,14 @@ class RdsSelector(Selector):
         if inputs.excluded is not None:
             scores[:, inputs.excluded] = -np.inf
         merge = round_robin if self.params.multi_task == "round_robin" else top
-        picks = merge(scores, budget)
+        return self.selection_from_picks(merge(scores, budget), inputs.ids, names)
+
+    def selection_from_picks(self, picks: RdsPicks, ids: list[str], names: list[str]):
+        """The Selection for task-level picks (local or merged from Beam workers)."""
         return Selection(
             selector=self.name,
             index=picks.index,
-            ids=[inputs.ids[i] for i in picks.index],
+            ids=[ids[i] for i in picks.index],
             score=picks.score,
             columns={"task": [names[t] for t in picks.task]},
             info={"picks_per_task": _count(names, picks.task)},
@@ -256,3 +269,55 @@ class RdsSelector(Selector):
 def _count(names: list[str], task: np.ndarray) -> dict[str, int]:
     counts = np.bincount(task, minlength=len(names))
     return {name: int(c) for name, c in zip(names, counts, strict=True)}
+
+
+BEST_TASK = -1  # candidate key of `multi_task: top` (one global list)
+
+
+def shard_candidates(
+    block: np.ndarray,
+    offset: int,
+    tasks: Sequence[np.ndarray],
+    aggregation: str,
+    budget: int,
+    multi_task: str,
+    excluded: np.ndarray | None = None,
+) -> list[tuple[int, tuple[float, int, int]]]:
+    """One shard's share of an exact distributed RDS+: (key, (score, position, task)).
+
+    round_robin: each task's top-`budget` items of the shard (key = task); top: the shard's
+    top-`budget` by best task score (key = BEST_TASK). The global top-`budget` of a key is
+    among the union of the shards' top-`budget`, so merging them is exact.
+    """
+    scores = max_similarity_per_task([block], tasks, aggregation)
+    positions = np.arange(offset, offset + len(block))
+    if excluded is not None:
+        scores[:, np.isin(positions, excluded)] = -np.inf
+    out: list[tuple[int, tuple[float, int, int]]] = []
+    if multi_task == "round_robin":
+        for t, row in enumerate(scores):
+            for i in top_k_indices(row, budget):
+                out.append((t, (float(row[i]), int(positions[i]), t)))
+        return out
+    best_task = scores.argmax(axis=0)
+    best = scores[best_task, np.arange(len(block))]
+    for i in top_k_indices(best, budget):
+        out.append((BEST_TASK, (float(best[i]), int(positions[i]), int(best_task[i]))))
+    return out
+
+
+def merge_candidates(
+    candidates: dict[int, Sequence[tuple[float, int, int]]], n_tasks: int, budget: int
+) -> RdsPicks:
+    """Picks from merged candidate lists (each list best first, as shard_candidates keys)."""
+    if BEST_TASK in candidates:
+        best = list(candidates[BEST_TASK])[:budget]
+        return RdsPicks(
+            np.asarray([c[1] for c in best], dtype=np.int64),
+            np.asarray([c[2] for c in best], dtype=np.int64),
+            np.asarray([c[0] for c in best], dtype=np.float32),
+        )
+    lists = [list(candidates.get(t, [])) for t in range(n_tasks)]
+    ranked = [np.asarray([c[1] for c in rows], dtype=np.int64) for rows in lists]
+    scores = [np.asarray([c[0] for c in rows], dtype=np.float32) for rows in lists]
+    return round_robin_ranked(ranked, scores, budget)

@@ -1,0 +1,118 @@
+"""RDS+ past one machine: pool shards are scored on Beam workers, per-task top candidates are
+combined globally, and the round robin runs once at the end on those candidates.
+
+Exact: every task's global top-`budget` is among the union of the shards' top-`budget`, and
+the round robin never looks past a task's top-`budget` (see selectors/rds.py). The merged
+picks are written to ``_picks.json`` in the subset directory; the select stage reads them
+back and writes the subset exactly as on the local path.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from tamis.config import RunnerConfig
+from tamis.embeddings.store import embedding_parts, read_part
+from tamis.records import read_json, write_json_atomic
+from tamis.runners.options import make_runner
+from tamis.selectors.rds import RdsPicks, merge_candidates, shard_candidates
+
+PICKS_FILE = "_picks.json"
+
+
+def part_offsets(pool_dir: str) -> list[tuple[str, int]]:
+    """(part path, pool position of its first row), from the Parquet footers alone."""
+    offsets, start = [], 0
+    for path in embedding_parts(pool_dir):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        offsets.append((path, start))
+        start += rows
+    return offsets
+
+
+class ScoreShard(beam.DoFn):
+    """One part file -> its top candidates per task (or by best task score)."""
+
+    def __init__(self, aggregation: str, budget: int, multi_task: str):
+        self.aggregation = aggregation
+        self.budget = budget
+        self.multi_task = multi_task
+        self.shards = Metrics.counter("tamis.select", "shards_scored")
+        self.items = Metrics.counter("tamis.select", "items_scored")
+
+    def process(self, part: tuple[str, int], queries: list, excluded: list):
+        path, offset = part
+        block = read_part(path)
+        self.shards.inc()
+        self.items.inc(len(block.ids))
+        excluded_array = np.asarray(excluded, dtype=np.int64) if excluded else None
+        yield from shard_candidates(
+            block.vectors,
+            offset,
+            [np.asarray(q, dtype=np.float32) for q in queries],
+            self.aggregation,
+            self.budget,
+            self.multi_task,
+            excluded_array,
+        )
+
+
+def _write_picks(merged: list, output: str, n_tasks: int, budget: int) -> None:
+    picks = merge_candidates(dict(merged), n_tasks, budget)
+    write_json_atomic(
+        FileSystems.join(output, PICKS_FILE),
+        {
+            "index": picks.index.tolist(),
+            "task": picks.task.tolist(),
+            "score": [float(s) for s in picks.score],
+        },
+    )
+
+
+def rds_on_beam(
+    pool_dir: str,
+    tasks: list[np.ndarray],
+    aggregation: str,
+    multi_task: str,
+    budget: int,
+    output: str,
+    runner_config: RunnerConfig,
+    beam_args: list[str] | None = None,
+    excluded: np.ndarray | None = None,
+) -> RdsPicks:
+    """Run the distributed RDS+ and return its picks (same as the local selector's)."""
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    runner, options = make_runner(runner_config, beam_args)
+    with beam.Pipeline(runner=runner, options=options) as pipeline:
+        queries = pipeline | "Queries" >> beam.Create([[q.tolist() for q in tasks]])
+        removed = pipeline | "Excluded" >> beam.Create(
+            [[] if excluded is None else excluded.tolist()]
+        )
+        _ = (
+            pipeline
+            | "ListParts" >> beam.Create(part_offsets(pool_dir))
+            | "SpreadParts" >> beam.Reshuffle()
+            | "ScoreShards"
+            >> beam.ParDo(
+                ScoreShard(aggregation, budget, multi_task),
+                queries=beam.pvalue.AsSingleton(queries),
+                excluded=beam.pvalue.AsSingleton(removed),
+            )
+            # Best first: higher score, then lower pool position (the local tie order).
+            | "TopPerTask" >> beam.combiners.Top.PerKey(budget, key=lambda c: (c[0], -c[1]))
+            | "AllTasks" >> beam.combiners.ToList()
+            | "MergeAndWrite" >> beam.Map(_write_picks, output, len(tasks), budget)
+        )
+    picks = read_json(FileSystems.join(output, PICKS_FILE))
+    return RdsPicks(
+        np.asarray(picks["index"], dtype=np.int64),
+        np.asarray(picks["task"], dtype=np.int64),
+        np.asarray(picks["score"], dtype=np.float32),
+    )
