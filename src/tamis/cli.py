@@ -47,11 +47,27 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     job_verb("embed", "embed the pool with the configured encoder (Beam pipeline)")
-    job_verb("run", "embed, then select (selection runs once the select stage is configured)")
+    job_verb("select", "select a subset from finished embeddings with the configured selector")
+    job_verb("run", "embed (skipping finished shards), then select when configured")
 
     data = verbs.add_parser("data", help="write a bundled example pool as JSONL")
     data.add_argument("dataset", choices=["bbcnews"], help="which pool")
     data.add_argument("output", help="output .jsonl path")
+    data.add_argument(
+        "--queries",
+        default="",
+        metavar="TOPIC,...",
+        help="hold out articles of these topics as target-task query files beside OUTPUT",
+    )
+    data.add_argument("--per-topic", type=int, default=5, help="queries per topic (default 5)")
+
+    report = verbs.add_parser(
+        "report", help="summarise a subset directory and plot its scores as a PNG"
+    )
+    report.add_argument("directory", help="subset directory (written by `tamis select`)")
+    report.add_argument(
+        "--png", metavar="PATH", help="histogram path (default DIRECTORY/scores.png)"
+    )
     return parser
 
 
@@ -103,14 +119,49 @@ def _embed(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    config = _load(args)
-    if config.selection is not None:  # refused before any work starts
-        raise ConfigError(
-            "selection: the select stage is not available in this version of tamis; "
-            "remove the selection section to embed only"
+def _print_select_summary(manifest: dict, output: str) -> None:
+    c = manifest["counts"]
+    print(
+        f"selected {c['selected']:,} of {c['candidates']:,} candidates with "
+        f"{manifest['selector']} in {manifest['seconds']['wall']:.1f} s"
+        + (
+            f" ({c['excluded_duplicates']:,} exact duplicates removed)"
+            if c["excluded_duplicates"]
+            else ""
         )
-    return _embed(args, beam_args)
+    )
+    agreement = manifest.get("label_agreement", {})
+    for task, picked in c.get("per_task", {}).items():
+        line = f"  {task}: {picked:,} picks"
+        if task in agreement:
+            on = agreement[task]["on_label"]
+            line += f", {on}/{picked} on topic ({100 * on / max(picked, 1):.0f}%)"
+        print(line)
+    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
+    print(f"  manifest: {os.path.join(output, 'manifest.json')}")
+
+
+def _select(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tamis.pipelines.select import run_select
+
+    config = _load(args)
+    if config.selection is None:
+        raise ConfigError("selection: required key missing")
+    manifest = run_select(config, beam_args)
+    _print_select_summary(manifest, str(config.selection.output))
+    return 0
+
+
+def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tamis.selectors.base import make_selector
+
+    config = _load(args)
+    if config.selection is not None:  # a bad selector config fails before embedding
+        make_selector(config.selection.selector, config.selection.params)
+    status = _embed(args, beam_args)
+    if status == 0 and config.selection is not None:
+        status = _select(args, beam_args)
+    return status
 
 
 _BAD_RECORD = re.compile(r"BadRecordError: (.+)")
@@ -140,10 +191,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "data":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from tamis.data.bbcnews import write_bbcnews
+        from tamis.data.bbcnews import query_path, write_bbcnews
 
-        n = write_bbcnews(args.output)
-        print(f"wrote {n:,} BBC News articles to {args.output}")
+        topics = [t for t in args.queries.split(",") if t]
+        counts = write_bbcnews(args.output, topics, args.per_topic)
+        print(f"wrote {counts['pool']:,} BBC News articles to {args.output}")
+        for topic in topics:
+            held_out = counts[f"queries_{topic}"]
+            print(f"  {held_out} {topic} queries to {query_path(args.output, topic)}")
+        return 0
+    if args.verb == "report":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from tamis.records import InputError
+        from tamis.report import report
+
+        try:
+            text, png = report(args.directory, args.png)
+        except InputError as err:
+            print(f"tamis: error: {err}", file=sys.stderr)
+            return 2
+        print(text)
+        print(f"  histogram: {png}")
         return 0
     if unknown:
         parser.error(f"unexpected arguments: {' '.join(unknown)} (Beam flags start with --)")
@@ -151,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from tamis.pipelines.embed import OutputConflictError
     from tamis.records import BadRecordError, InputError
 
-    handlers = {"embed": _embed, "run": _run}
+    handlers = {"embed": _embed, "select": _select, "run": _run}
     try:
         return handlers[args.verb](args, rest)
     except (ConfigError, InputError, ModelLoadError, OutputConflictError, BadRecordError) as err:
