@@ -82,7 +82,9 @@ def test_output_files_schema_and_counts(one_worker_run, bbc_pool):
     }
     schema = pq.read_schema(output / "part-00000.parquet")
     assert schema.field("id").type == pa.string()
-    assert schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    vector = schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(vector) and vector.list_size == 384
+    assert vector.value_type == pa.float32() and not vector.value_field.nullable
     assert schema.field("n_tokens").type == pa.int32()
     ids, emb, n_tokens = read_embeddings(output)
     assert emb.shape == (120, 384) and emb.dtype == np.float32

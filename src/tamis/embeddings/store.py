@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -39,11 +40,10 @@ def embeddings_manifest(directory: str) -> dict:
 
 
 def read_part(path: str) -> EmbeddingBlock:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        table = pq.read_table(f)
+    table = _read_parquet(path)
     column = table.column("embedding").combine_chunks()
     dim = column.type.list_size
-    flat = column.values.to_numpy(zero_copy_only=False)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
     vectors = np.asarray(flat, dtype=np.float32).reshape(-1, dim)
     return EmbeddingBlock(
         table.column("id").to_pylist(),
@@ -52,13 +52,39 @@ def read_part(path: str) -> EmbeddingBlock:
     )
 
 
-def read_ids(directory: str) -> list[str]:
-    """The pool ids of an embeddings directory, in order, without reading the vectors."""
-    ids: list[str] = []
+def iter_vector_blocks(directory: str) -> Iterator[np.ndarray]:
+    """(rows, dim) float32 blocks of the pool, in order, one per Parquet row group.
+
+    Reads only the vectors, and hands each decoded row group over without first joining a
+    part's row groups into one array (no extra copy, small peak memory).
+    """
     for path in embedding_parts(directory):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            ids.extend(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    return ids
+        column = _read_parquet(path, ["embedding"]).column("embedding")
+        dim = column.type.list_size
+        for chunk in column.chunks:
+            values = chunk.flatten().to_numpy(zero_copy_only=False)
+            yield np.asarray(values, dtype=np.float32).reshape(-1, dim)
+        del column
+        # Arrow's allocator keeps freed decode buffers for reuse; hand them back so a pass
+        # over the pool stays at about one part of memory.
+        pa.default_memory_pool().release_unused()
+
+
+def _read_parquet(path: str, columns: list[str] | None = None):
+    """A part as an Arrow table: local files by path (native, multi-threaded reads), others
+    through Beam's FileSystems."""
+    if "://" not in path:
+        return pq.read_table(path, columns=columns)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def read_ids(directory: str) -> pa.Array:
+    """The pool ids of an embeddings directory, in order, without reading the vectors."""
+    chunks = [_read_parquet(path, ["id"]).column("id") for path in embedding_parts(directory)]
+    if not chunks:
+        return pa.array([], pa.string())
+    return pa.chunked_array([c for chunked in chunks for c in chunked.chunks]).combine_chunks()
 
 
 def iter_embedding_blocks(directory: str) -> Iterator[EmbeddingBlock]:

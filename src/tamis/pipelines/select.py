@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from tamis.config import Config, ConfigError, PoolConfig, QuerySource, RunnerConfig, require
 from tamis.embeddings.store import (
     embeddings_manifest,
-    iter_embedding_blocks,
+    iter_vector_blocks,
     read_embeddings,
     read_ids,
 )
@@ -92,13 +92,13 @@ def query_embeddings(
     return vectors, origin
 
 
-def duplicate_positions(config: Config, ids: list[str]) -> np.ndarray:
+def duplicate_positions(config: Config, ids: pa.Array) -> np.ndarray:
     """Pool positions whose rendered text repeats an earlier record's (the first is kept)."""
     from tamis.embeddings.encoder import chat_template_function
 
     pool = require(config.pool, "pool")
     chat = chat_template_function(config.embedding) if pool.template == "chat" else None
-    position = {rid: i for i, rid in enumerate(ids)}
+    position = {rid: i for i, rid in enumerate(ids.to_pylist())}
     seen: set[bytes] = set()
     duplicates = []
     for record in iter_pool_records(pool, chat):
@@ -208,7 +208,7 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
     budget = parse_budget(selection_cfg.budget, len(ids) - n_excluded)
     inputs = SelectionInputs(
         ids=ids,
-        blocks=lambda: (block.vectors for block in iter_embedding_blocks(pool_dir)),
+        blocks=lambda: iter_vector_blocks(pool_dir),
         dim=dim,
         queries=queries,
         excluded=excluded,

@@ -8,7 +8,7 @@ of parameters (validated from `selection.params` with key paths in errors), and 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,7 +26,9 @@ QUERY_EMBEDDINGS = "query_embeddings"
 class SelectionInputs:
     """What the select pipeline hands a selector."""
 
-    ids: list[str]  # pool ids, in pool order
+    # Pool ids in pool order: a list, or an Arrow string array (a million Python strings
+    # would cost ~100 MB; the select stage passes Arrow and only picks become strings).
+    ids: Sequence[str] | pa.Array
     # Re-iterable (B, dim) float32 blocks of the pool embeddings, in pool order; a callable
     # so a selector can stream the pool (several passes if it needs them).
     blocks: Callable[[], Iterator[np.ndarray]] | None = None
@@ -128,6 +130,13 @@ def parse_budget(budget: int | float | str, pool_size: int) -> int:
             f"selection.budget: {count} is larger than the pool ({pool_size} candidates)"
         )
     return count
+
+
+def ids_at(ids: Sequence[str] | pa.Array, index: np.ndarray) -> list[str]:
+    """The ids at these pool positions, as Python strings."""
+    if isinstance(ids, pa.Array | pa.ChunkedArray):
+        return ids.take(pa.array(np.asarray(index, dtype=np.int64))).to_pylist()
+    return [ids[i] for i in index]
 
 
 def candidate_mask(inputs: SelectionInputs) -> np.ndarray:

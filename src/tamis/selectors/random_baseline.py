@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tamis.selectors.base import Selection, SelectionInputs, Selector, candidate_mask, register
+from tamis.selectors.base import (
+    Selection,
+    SelectionInputs,
+    Selector,
+    candidate_mask,
+    ids_at,
+    register,
+)
 
 
 @register
@@ -24,6 +31,6 @@ class RandomSelector(Selector):
         return Selection(
             selector=self.name,
             index=index,
-            ids=[inputs.ids[i] for i in index],
+            ids=ids_at(inputs.ids, index),
             score=np.zeros(len(index)),
         )

@@ -22,6 +22,7 @@ from tamis.selectors.base import (
     Selection,
     SelectionInputs,
     Selector,
+    ids_at,
     register,
 )
 
@@ -238,12 +239,12 @@ class RdsSelector(Selector):
         merge = round_robin if self.params.multi_task == "round_robin" else top
         return self.selection_from_picks(merge(scores, budget), inputs.ids, names)
 
-    def selection_from_picks(self, picks: RdsPicks, ids: list[str], names: list[str]):
+    def selection_from_picks(self, picks: RdsPicks, ids, names: list[str]) -> Selection:
         """The Selection for task-level picks (local or merged from Beam workers)."""
         return Selection(
             selector=self.name,
             index=picks.index,
-            ids=[ids[i] for i in picks.index],
+            ids=ids_at(ids, picks.index),
             score=picks.score,
             columns={"task": [names[t] for t in picks.task]},
             info={"picks_per_task": _count(names, picks.task)},
@@ -259,7 +260,7 @@ class RdsSelector(Selector):
         return Selection(
             selector=self.name,
             index=index,
-            ids=[inputs.ids[i] for i in index],
+            ids=ids_at(inputs.ids, index),
             score=score,
             columns={"task": [names[t] for t in task], "query": query - first_query[task]},
             info={"picks_per_task": _count(names, task)},

@@ -1,0 +1,743 @@
+"""RDS+ selection at pool scale: tamis streaming from Parquet against a full score matrix.
+
+Run it from the repository root:
+
+    python bench/rds_select.py                                       # 1,000,000 x 384
+    python bench/rds_select.py --n 100000 --budget 5000 --repeats 1  # quick check
+
+Data: a synthetic pool of ``--n`` (default 1,000,000) L2-normalised float32 vectors of dim
+384, drawn around 1,000 random cluster centres of uneven sizes, written as an embeddings
+directory (Parquet parts of 50,000 rows made with ``tamis.pipelines.embed.shard_table``
+and a ``manifest.json``). Generating it takes a while, so it is cached in ``--data-dir``
+(default: a folder under the temp dir named by size and seed) and reused when its manifest
+matches. Queries: 3 tasks x 200 normalised vectors, each task's near 4 of the centres.
+
+Sides, each in its own fresh subprocess with ``--threads`` BLAS / OpenMP / Arrow threads
+(default 2), timed over ``--repeats`` runs (median):
+
+- tamis_rds: the production path, ``make_selector("rds", {})`` on ``read_ids`` and
+  ``iter_embedding_blocks`` of the directory: ids and vectors are read from the Parquet
+  parts inside the timed region (from the page cache once the files have been read).
+  After the timed runs one instrumented run splits the time into Parquet reading, the
+  per-task GEMMs, the max over queries, top-k and the round robin.
+- reference_full_matrix: the reference's approach: the pool in RAM (loaded from the same
+  parts; loading is not timed but its memory counts), S = Q_all @ P.T as one float32
+  (600 x N) matrix, each task's max over its query rows, a full stable argsort per task
+  and the task round robin. (The reference also keeps per-pair Python dicts; not done
+  here, which only makes this side cheaper.) Its picks must equal tamis's.
+- numpy_gemm: just ``Q_all @ P.T`` on the in-RAM pool: the floor for any exact method.
+- faiss_ivf: ``tamis.index.build_from_embeddings_dir`` with ``--ivf-factory`` (default
+  "IVF1024,Flat", nprobe 16) and a search of the 600 queries at k=10; recall@10 against
+  the exact top-10 from numpy_gemm's score matrix. For context only: an IVF top-10 is not
+  the per-task score of every pool item that RDS+ ranks.
+
+Memory: ``peak_rss_mib`` is the subprocess's peak RSS (VmHWM, see ``peak_rss_mib``) at the
+end of its timed runs, ``rss_above_baseline_mib`` the part above its peak after imports
+(before any data).
+Targets: tamis's RSS above baseline <= 1/10 of reference_full_matrix's, and tamis's time
+<= 1.5x numpy_gemm's. Results go to ``bench/results/rds_select.json`` (see DESIGN.md,
+"Tests and benchmarks").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH = "rds_select"
+DIM = 384
+SHARD_ROWS = 50_000
+N_CLUSTERS = 1000
+N_TASKS = 3
+QUERIES_PER_TASK = 200
+CENTRES_PER_TASK = 4
+# x = normalise(centre + SIGMA * g), g ~ N(0, I / dim): cos(x, centre) ~ 1 / sqrt(1 + SIGMA^2).
+POOL_SIGMA = 1.0
+QUERY_SIGMA = 0.8
+COMMON_WEIGHT = 0.4  # a shared direction, as real sentence embeddings have (anisotropy)
+DATA_VERSION = 1
+MEMORY_TARGET = 0.1
+TIME_TARGET = 1.5
+IVF_K = 10
+RESULTS = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
+SIDE_ORDER = ("tamis_rds", "numpy_gemm", "reference_full_matrix", "faiss_ivf")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data, cached on disk
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def clusters(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N_CLUSTERS, DIM) float32 unit centres and their sampling weights (lognormal)."""
+    rng = np.random.default_rng([seed, 0])
+    common = normalise(rng.standard_normal(DIM))
+    centres = rng.standard_normal((N_CLUSTERS, DIM)) / np.sqrt(DIM) + COMMON_WEIGHT * common
+    weights = rng.lognormal(0.0, 1.0, N_CLUSTERS)
+    return normalise(centres), weights / weights.sum()
+
+
+def pool_chunk(seed: int, part: int, rows: int, centres: np.ndarray, weights: np.ndarray):
+    """Part `part`'s vectors (rows, DIM) float32, each near a centre drawn by weight."""
+    rng = np.random.default_rng([seed, 1, part])
+    assign = rng.choice(N_CLUSTERS, size=rows, p=weights)
+    noise = rng.standard_normal((rows, DIM), dtype=np.float32)
+    noise *= np.float32(POOL_SIGMA / np.sqrt(DIM))
+    noise += centres[assign]
+    return normalise(noise), rng.integers(16, 512, rows, dtype=np.int32)
+
+
+def make_queries(seed: int) -> dict[str, np.ndarray]:
+    """Task name -> (QUERIES_PER_TASK, DIM) float32 unit queries near the task's centres."""
+    centres, _ = clusters(seed)
+    rng = np.random.default_rng([seed, 2])
+    chosen = rng.choice(N_CLUSTERS, size=(N_TASKS, CENTRES_PER_TASK), replace=False)
+    out = {}
+    for t in range(N_TASKS):
+        near = centres[rng.choice(chosen[t], size=QUERIES_PER_TASK)]
+        noise = rng.standard_normal((QUERIES_PER_TASK, DIM)) * (QUERY_SIGMA / np.sqrt(DIM))
+        out[f"t{t}"] = normalise(near + noise)
+    return out
+
+
+def data_spec(n: int, seed: int) -> dict[str, Any]:
+    from tamis.pipelines.embed import ROW_GROUP_ROWS
+
+    return {
+        "version": DATA_VERSION,
+        "row_group_rows": ROW_GROUP_ROWS,  # the part layout: a new one means new files
+        "n": n,
+        "dim": DIM,
+        "shard_rows": SHARD_ROWS,
+        "seed": seed,
+        "clusters": N_CLUSTERS,
+        "cluster_weights": "lognormal(0, 1)",
+        "pool_sigma": POOL_SIGMA,
+        "common_weight": COMMON_WEIGHT,
+    }
+
+
+def default_data_dir(n: int, seed: int) -> Path:
+    return Path(tempfile.gettempdir()) / "tamis-bench-rds-select" / f"n{n}-seed{seed}"
+
+
+def ensure_data(directory: Path, n: int, seed: int) -> float:
+    """Write the synthetic embeddings dir unless it is there already; seconds spent."""
+
+    from tamis.pipelines.embed import shard_parquet_bytes, shard_table
+    from tamis.records import atomic_write
+
+    spec = data_spec(n, seed)
+    manifest_path = directory / "manifest.json"
+    n_parts = -(-n // SHARD_ROWS)
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        parts = sorted(directory.glob("part-*.parquet"))
+        if manifest.get("synthetic") == spec and len(parts) == n_parts:
+            print(f"data: reusing {directory}", flush=True)
+            return 0.0
+        if "synthetic" not in manifest:
+            raise SystemExit(f"{directory} holds another embeddings dir; pick another --data-dir")
+    if directory.exists():
+        ours = ("part-", "manifest.json")
+        if not all(p.name.startswith(ours) for p in directory.iterdir()):
+            raise SystemExit(f"{directory} is not empty and not ours; pick another --data-dir")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"data: writing {n} x {DIM} in {n_parts} parts to {directory}", flush=True)
+    started = time.perf_counter()
+    centres, weights = clusters(seed)
+    for part in range(n_parts):
+        start = part * SHARD_ROWS
+        rows = min(SHARD_ROWS, n - start)
+        vectors, n_tokens = pool_chunk(seed, part, rows, centres, weights)
+        ids = [f"s{i:08d}" for i in range(start, start + rows)]
+        table = shard_table(ids, vectors, n_tokens, {"rows": rows, "synthetic": True})
+        path = directory / f"part-{part:05d}.parquet"
+        atomic_write(str(path), shard_parquet_bytes(table))
+        del vectors, n_tokens, ids, table
+    manifest = {
+        "model": {"dim": DIM, "name": "synthetic"},
+        "fingerprint": "synthetic",
+        "counts": {"embedded": n},
+        "synthetic": spec,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    seconds = time.perf_counter() - started
+    print(f"data: written in {seconds:.1f}s", flush=True)
+    return seconds
+
+
+def load_pool(directory: str, n: int) -> np.ndarray:
+    """The whole pool as one (n, DIM) float32 matrix, filled part by part."""
+    from tamis.embeddings.store import iter_embedding_blocks
+
+    pool = np.empty((n, DIM), dtype=np.float32)
+    offset = 0
+    for block in iter_embedding_blocks(directory):
+        pool[offset : offset + len(block.vectors)] = block.vectors
+        offset += len(block.vectors)
+    if offset != n:
+        raise RuntimeError(f"{directory}: {offset} vectors, expected {n}")
+    return pool
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM on Linux, else ru_maxrss.
+
+    On Linux ru_maxrss survives exec: a child started with fork / vfork + exec starts with
+    its parent's peak, which would hide a small side. VmHWM belongs to the process's own
+    address space, so it starts afresh at exec.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def med(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def blas_info() -> list[dict[str, Any]]:
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "num_threads", "version", "prefix")
+    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sides (each runs in its own subprocess: `--side NAME`)
+
+
+def round_robin_full_sort(task_scores: list[np.ndarray], budget: int) -> np.ndarray:
+    """Reference merge: full stable descending sort per task, tasks take turns."""
+    orders = [np.argsort(-s, kind="stable") for s in task_scores]
+    taken = np.zeros(len(task_scores[0]), dtype=bool)
+    cursor = [0] * len(orders)
+    picks: list[int] = []
+    while len(picks) < budget:
+        for t, order in enumerate(orders):
+            if len(picks) == budget:
+                break
+            c = cursor[t]
+            while taken[order[c]]:
+                c += 1
+            pick = int(order[c])
+            taken[pick] = True
+            picks.append(pick)
+            cursor[t] = c + 1
+    return np.asarray(picks, dtype=np.int64)
+
+
+def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from tamis.embeddings.store import iter_vector_blocks, read_ids
+    from tamis.selectors.base import SelectionInputs, make_selector
+    from tamis.selectors.rds import round_robin, top_k_indices
+
+    baseline = peak_rss_mib()
+    directory = str(args.data_dir)
+    queries = make_queries(args.seed)
+
+    def blocks() -> Iterator[np.ndarray]:
+        return iter_vector_blocks(directory)
+
+    def run() -> np.ndarray:
+        ids = read_ids(directory)
+        selector = make_selector("rds", {})
+        inputs = SelectionInputs(ids=ids, blocks=blocks, dim=DIM, queries=queries)
+        selection = selector.select(inputs, budget=args.budget, seed=0)
+        return selection.index
+
+    seconds = []
+    for rep in range(args.repeats):
+        s, index = timed(run)
+        seconds.append(s)
+        print(f"    tamis_rds run {rep + 1}: {s:.2f}s", file=sys.stderr, flush=True)
+    np.save(work / "tamis_index.npy", index)
+    peak = peak_rss_mib()
+
+    # One instrumented run of the same steps (RdsSelector.select with the default params:
+    # max_similarity_per_task, then round_robin, whose first step is top_k_indices).
+    phases: dict[str, float] = {}
+    phases["read_ids_s"], ids = timed(lambda: read_ids(directory))
+    task_queries = list(queries.values())
+    parts: list[np.ndarray] = []
+    read_s = gemm_s = max_s = 0.0
+    stream = iter_vector_blocks(directory)
+    while True:
+        s, vectors = timed(lambda: next(stream, None))
+        read_s += s
+        if vectors is None:
+            break
+        rows = np.empty((len(task_queries), len(vectors)), dtype=np.float32)
+        for t, q in enumerate(task_queries):
+            s, sims = timed(lambda q=q, vectors=vectors: q @ vectors.T)
+            gemm_s += s
+            s, rows[t] = timed(lambda sims=sims: sims.max(axis=0))
+            max_s += s
+        parts.append(rows)
+    phases["read_parquet_s"], phases["gemm_s"], phases["max_over_queries_s"] = (
+        read_s,
+        gemm_s,
+        max_s,
+    )
+    started = time.perf_counter()
+    scores = np.concatenate(parts, axis=1)
+    phases["concat_s"] = time.perf_counter() - started
+    del parts
+    phases["top_k_s"], _ = timed(
+        lambda: [top_k_indices(scores[t], args.budget) for t in range(len(scores))]
+    )
+    rr_s, picks = timed(lambda: round_robin(scores, args.budget))
+    phases["round_robin_loop_s"] = rr_s - phases["top_k_s"]  # round_robin repeats top-k
+    phases["ids_of_picks_s"], _ = timed(lambda: [ids[i] for i in picks.index])
+    phases["total_s"] = sum(phases.values())
+    np.save(work / "tamis_scores.npy", scores)
+    return {
+        "median_s": med(seconds),
+        "items_per_s": round(args.n / statistics.median(seconds), 1),
+        "peak_rss_mib": peak,
+        "rss_baseline_mib": baseline,
+        "rss_above_baseline_mib": round(peak - baseline, 1),
+        "all_s": [round(s, 3) for s in seconds],
+        "breakdown_one_run": {k: round(v, 3) for k, v in phases.items()},
+        "breakdown_matches_selection": bool(np.array_equal(picks.index, index)),
+        "breakdown_peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def side_reference(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    baseline = peak_rss_mib()
+    queries = make_queries(args.seed)
+    q_all = np.concatenate(list(queries.values()))
+    bounds = np.cumsum([0] + [len(q) for q in queries.values()])
+    load_s, pool = timed(lambda: load_pool(str(args.data_dir), args.n))
+    seconds, phases = [], {"gemm_s": [], "max_s": [], "argsort_and_rr_s": []}
+    for rep in range(args.repeats_a):
+        started = time.perf_counter()
+        scores = q_all @ pool.T  # (600, N) float32, all of it at once
+        t1 = time.perf_counter()
+        task_scores = [
+            scores[a:b].max(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        t2 = time.perf_counter()
+        index = round_robin_full_sort(task_scores, args.budget)
+        t3 = time.perf_counter()
+        seconds.append(t3 - started)
+        phases["gemm_s"].append(t1 - started)
+        phases["max_s"].append(t2 - t1)
+        phases["argsort_and_rr_s"].append(t3 - t2)
+        del scores
+        print(
+            f"    reference_full_matrix run {rep + 1}: {t3 - started:.2f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    peak = peak_rss_mib()
+    np.save(work / "reference_index.npy", index)
+    np.save(work / "reference_scores.npy", np.stack(task_scores))
+    return {
+        "median_s": med(seconds),
+        "items_per_s": round(args.n / statistics.median(seconds), 1),
+        "peak_rss_mib": peak,
+        "rss_baseline_mib": baseline,
+        "rss_above_baseline_mib": round(peak - baseline, 1),
+        "all_s": [round(s, 3) for s in seconds],
+        "load_pool_s_untimed": round(load_s, 3),
+        "breakdown_median": {k: med(v) for k, v in phases.items()},
+    }
+
+
+def side_gemm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    baseline = peak_rss_mib()
+    q_all = np.concatenate(list(make_queries(args.seed).values()))
+    load_s, pool = timed(lambda: load_pool(str(args.data_dir), args.n))
+    seconds = []
+    scores = None
+    for rep in range(args.repeats):
+        scores = None  # free the last product first, as a fresh call would find it
+        s, scores = timed(lambda: q_all @ pool.T)
+        seconds.append(s)
+        print(f"    numpy_gemm run {rep + 1}: {s:.2f}s", file=sys.stderr, flush=True)
+    peak = peak_rss_mib()
+    # Exact top-10 of each query (for the IVF recall), after the measurements.
+    assert scores is not None
+    exact = np.empty((len(scores), IVF_K), dtype=np.int64)
+    for i, row in enumerate(scores):
+        top = np.argpartition(row, len(row) - IVF_K)[-IVF_K:]
+        exact[i] = top[np.lexsort((top, -row[top]))]
+    np.save(work / "exact_top10.npy", exact)
+    return {
+        "median_s": med(seconds),
+        "items_per_s": round(args.n / statistics.median(seconds), 1),
+        "peak_rss_mib": peak,
+        "rss_baseline_mib": baseline,
+        "rss_above_baseline_mib": round(peak - baseline, 1),
+        "all_s": [round(s, 3) for s in seconds],
+        "load_pool_s_untimed": round(load_s, 3),
+        "gflops": round(2 * q_all.shape[0] * args.n * DIM / statistics.median(seconds) / 1e9, 1),
+    }
+
+
+def side_ivf(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import faiss
+
+    from tamis.index import build_from_embeddings_dir
+
+    faiss.omp_set_num_threads(args.threads)
+    baseline = peak_rss_mib()
+    q_all = np.concatenate(list(make_queries(args.seed).values()))
+    build, search = [], []
+    for rep in range(args.repeats):
+        b, (index, _ids) = timed(
+            lambda: build_from_embeddings_dir(
+                str(args.data_dir),
+                factory=args.ivf_factory,
+                device="cpu",
+                train_size=min(args.train_size, args.n),
+                nprobe=args.nprobe,
+                seed=0,
+            )
+        )
+        s, (_scores, found) = timed(lambda index=index: index.search(q_all, IVF_K))
+        build.append(b)
+        search.append(s)
+        del index, _ids
+        print(
+            f"    faiss_ivf run {rep + 1}: build {b:.2f}s, search {s:.3f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    peak = peak_rss_mib()
+    np.save(work / "ivf_top10.npy", found)
+    total = [b + s for b, s in zip(build, search, strict=True)]
+    return {
+        "median_s": med(total),
+        "items_per_s": round(args.n / statistics.median(total), 1),
+        "peak_rss_mib": peak,
+        "rss_baseline_mib": baseline,
+        "rss_above_baseline_mib": round(peak - baseline, 1),
+        "all_s": [round(s, 3) for s in total],
+        "build_median_s": med(build),
+        "search_median_s": med(search),
+        "queries_per_s": round(len(q_all) / statistics.median(search), 1),
+        "all_build_s": [round(s, 3) for s in build],
+        "all_search_s": [round(s, 4) for s in search],
+        "factory": args.ivf_factory,
+        "nprobe": args.nprobe,
+        "train_size": min(args.train_size, args.n),
+    }
+
+
+SIDES: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
+    "tamis_rds": side_tamis,
+    "numpy_gemm": side_gemm,
+    "reference_full_matrix": side_reference,
+    "faiss_ivf": side_ivf,
+}
+
+
+def run_side(name: str, args: argparse.Namespace, work: Path) -> None:
+    """Child process: run one side and write its result next to the arrays it saved."""
+    import pyarrow as pa
+
+    pa.set_cpu_count(args.threads)
+    pa.set_io_thread_count(args.threads)
+    # Imports every side may need, before its baseline RSS is read.
+    import tamis.embeddings.store  # noqa: F401
+
+    result = SIDES[name](args, work)
+    result["threads"] = blas_info()
+    (work / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARS})
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--side",
+        name,
+        "--work",
+        str(work),
+        "--n",
+        str(args.n),
+        "--budget",
+        str(args.budget),
+        "--repeats",
+        str(args.repeats),
+        "--repeats-a",
+        str(args.repeats_a),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--data-dir",
+        str(args.data_dir),
+        "--ivf-factory",
+        args.ivf_factory,
+        "--nprobe",
+        str(args.nprobe),
+        "--train-size",
+        str(args.train_size),
+    ]
+    print(f"  {name} ...", flush=True)
+    subprocess.run(command, env=env, check=True)
+    result = json.loads((work / f"{name}.json").read_text(encoding="utf-8"))
+    print(
+        f"  {name}: {result['median_s']:.2f}s, peak RSS {result['peak_rss_mib']:.0f} MiB "
+        f"({result['rss_above_baseline_mib']:.0f} above baseline)",
+        flush=True,
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and report
+
+
+def compare_picks(work: Path) -> dict[str, Any]:
+    """tamis's picks against the reference's: equal, or where and how they differ."""
+    tamis = np.load(work / "tamis_index.npy")
+    ref = np.load(work / "reference_index.npy")
+    same = len(tamis) == len(ref) and bool(np.array_equal(tamis, ref))
+    out: dict[str, Any] = {"picks": len(tamis), "picks_equal": same}
+    if not same:
+        width = min(len(tamis), len(ref))
+        differ = np.flatnonzero(tamis[:width] != ref[:width])
+        out["same_set"] = set(tamis.tolist()) == set(ref.tolist())
+        out["common_items"] = len(set(tamis.tolist()) & set(ref.tolist()))
+        out["ranks_that_differ"] = int(len(differ) + abs(len(tamis) - len(ref)))
+        out["first_differing_rank"] = int(differ[0]) if len(differ) else width
+    t_scores = np.load(work / "tamis_scores.npy")
+    r_scores = np.load(work / "reference_scores.npy")
+    out["task_scores_bitwise_equal"] = bool(np.array_equal(t_scores, r_scores))
+    out["task_scores_differ_count"] = int((t_scores != r_scores).sum())
+    out["task_scores_max_abs_diff"] = float(f"{np.abs(t_scores - r_scores).max():.3g}")
+    return out
+
+
+def ivf_recall(work: Path) -> float:
+    from tamis.index import recall_at_k
+
+    found = np.load(work / "ivf_top10.npy")
+    exact = np.load(work / "exact_top10.npy")
+    return round(recall_at_k(found, exact, IVF_K), 4)
+
+
+def data_stats(directory: Path, seed: int) -> dict[str, float]:
+    """How the queries relate to the pool: mean top-1 and mean similarity, first part only."""
+    from tamis.embeddings.store import iter_embedding_blocks
+
+    block = next(iter_embedding_blocks(str(directory))).vectors
+    q_all = np.concatenate(list(make_queries(seed).values()))
+    sims = q_all @ block.T
+    return {
+        "first_part_mean_query_item_cos": round(float(sims.mean()), 4),
+        "first_part_mean_top1_cos": round(float(sims.max(axis=1).mean()), 4),
+        "first_part_mean_item_item_cos": round(float((block[:2000] @ block[:2000].T).mean()), 4),
+    }
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{'side':<24}{'median_s':>10}{'items/s':>12}{'peak_rss':>12}{'above_base':>12}")
+    for side, r in results.items():
+        print(
+            f"{side:<24}{r['median_s']:>10.2f}{r['items_per_s']:>12.0f}"
+            f"{r['peak_rss_mib']:>9.0f}MiB{r['rss_above_baseline_mib']:>9.0f}MiB"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="pool size")
+    parser.add_argument("--budget", type=int, default=50_000, help="items to select")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side (median)")
+    parser.add_argument(
+        "--repeats-a", type=int, default=None, help="runs of reference_full_matrix (--repeats)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP / Arrow threads")
+    parser.add_argument("--seed", type=int, default=0, help="data and query seed")
+    parser.add_argument("--data-dir", type=Path, default=None, help="synthetic data cache")
+    parser.add_argument("--ivf-factory", default="IVF1024,Flat", help="FAISS factory")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists searched")
+    parser.add_argument("--train-size", type=int, default=100_000, help="IVF training sample")
+    parser.add_argument(
+        "--sides", default=",".join(SIDE_ORDER), help="comma-separated subset of the sides"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"JSON report (default {RESULTS})"
+    )
+    # Internal: run one side in this process (the parent starts one subprocess per side).
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.n < 1 or not 1 <= args.budget <= args.n:
+        parser.error("need --n >= 1 and 1 <= --budget <= --n")
+    if args.repeats < 1 or (args.repeats_a is not None and args.repeats_a < 1):
+        parser.error("--repeats and --repeats-a must be >= 1")
+    unknown = set(args.sides.split(",")) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(SIDE_ORDER)}")
+    args.repeats_a = args.repeats if args.repeats_a is None else args.repeats_a
+    args.data_dir = args.data_dir or default_data_dir(args.n, args.seed)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.side:
+        run_side(args.side, args, args.work)
+        return 0
+    sides = [s for s in SIDE_ORDER if s in args.sides.split(",")]
+    print(
+        f"{BENCH}: pool {args.n} x {DIM}, {N_TASKS} tasks x {QUERIES_PER_TASK} queries, "
+        f"budget {args.budget}, {args.threads} threads, {args.repeats} repeats "
+        f"({args.repeats_a} for reference_full_matrix)",
+        flush=True,
+    )
+    generate_s = ensure_data(args.data_dir, args.n, args.seed)
+    load_before = os.getloadavg()
+    results: dict[str, dict[str, Any]] = {}
+    checks: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tamis-bench-rds-") as tmp:
+        work = Path(tmp)
+        for name in sides:
+            results[name] = spawn_side(name, args, work)
+        if {"tamis_rds", "reference_full_matrix"} <= set(results):
+            checks["tamis_vs_reference"] = compare_picks(work)
+        if {"faiss_ivf", "numpy_gemm"} <= set(results):
+            results["faiss_ivf"]["recall_at_10"] = ivf_recall(work)
+    load_after = os.getloadavg()
+
+    ratios: dict[str, float] = {}
+    if {"tamis_rds", "reference_full_matrix"} <= set(results):
+        ratios["memory_tamis_over_reference"] = round(
+            results["tamis_rds"]["rss_above_baseline_mib"]
+            / results["reference_full_matrix"]["rss_above_baseline_mib"],
+            4,
+        )
+        ratios["time_tamis_over_reference"] = round(
+            results["tamis_rds"]["median_s"] / results["reference_full_matrix"]["median_s"], 3
+        )
+    if {"tamis_rds", "numpy_gemm"} <= set(results):
+        ratios["time_tamis_over_gemm"] = round(
+            results["tamis_rds"]["median_s"] / results["numpy_gemm"]["median_s"], 3
+        )
+    met_memory = ratios.get("memory_tamis_over_reference", float("inf")) <= MEMORY_TARGET
+    met_time = ratios.get("time_tamis_over_gemm", float("inf")) <= TIME_TARGET
+    picks_equal = checks.get("tamis_vs_reference", {}).get("picks_equal", False)
+    met = met_memory and met_time and picks_equal
+
+    print_table(results)
+    if "breakdown_one_run" in results.get("tamis_rds", {}):
+        breakdown = results["tamis_rds"]["breakdown_one_run"]
+        print(f"tamis_rds breakdown (one instrumented run): {breakdown}")
+    if "faiss_ivf" in results:
+        r = results["faiss_ivf"]
+        print(
+            f"faiss_ivf {r['factory']} nprobe {r['nprobe']}: build {r['build_median_s']:.2f}s, "
+            f"search {r['search_median_s']:.3f}s, recall@10 {r.get('recall_at_10')}"
+        )
+    print(f"checks: {checks}")
+    print(
+        f"ratios: {ratios}; memory target (<= {MEMORY_TARGET}) met: {met_memory}, "
+        f"time target (<= {TIME_TARGET}x gemm) met: {met_time}, picks equal: {picks_equal}"
+    )
+    report = {
+        "bench": BENCH,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "gpu": None},
+        "params": {
+            "n": args.n,
+            "dim": DIM,
+            "dtype": "float32",
+            "tasks": N_TASKS,
+            "queries_per_task": QUERIES_PER_TASK,
+            "budget": args.budget,
+            "selector": "rds, default params (max over queries, task round robin)",
+            "repeats": args.repeats,
+            "repeats_reference_full_matrix": args.repeats_a,
+            "threads": args.threads,
+            "seed": args.seed,
+            "data": {
+                **data_spec(args.n, args.seed),
+                "queries": f"{N_TASKS} tasks x {QUERIES_PER_TASK}, each task near "
+                f"{CENTRES_PER_TASK} centres, sigma {QUERY_SIGMA}",
+                "parts": -(-args.n // SHARD_ROWS),
+                "dir": str(args.data_dir),
+                "generate_s": round(generate_s, 1),
+                **data_stats(args.data_dir, args.seed),
+            },
+            "side_order": sides,
+            "timing_note": "tamis_rds times read_ids + make_selector + select, reading the "
+            "Parquet parts (warm page cache); reference_full_matrix and numpy_gemm time the "
+            "in-RAM computation only (pool loading untimed, its memory counted); faiss_ivf "
+            "median_s is build (reads the parts twice) + search",
+            "rss_note": "each side in a fresh subprocess; peak_rss_mib is the peak RSS "
+            "(VmHWM; ru_maxrss would carry the parent's peak across exec) after the timed "
+            "runs, rss_baseline_mib the peak after imports, before any data",
+            "reference_note": "the reference also keeps per-pair Python dicts; this side "
+            "does not, so it is a lower bound on the reference's memory and time",
+            "loadavg_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+            "checks": checks,
+        },
+        "results": results,
+        "ratios": ratios,
+        "targets": {
+            "memory_tamis_over_reference": f"<= {MEMORY_TARGET}",
+            "time_tamis_over_gemm": f"<= {TIME_TARGET}",
+            "picks_equal": "tamis picks == reference_full_matrix picks",
+        },
+        "met": met,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
