@@ -236,6 +236,18 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, out
 
 
+def timing_result(n: int, seconds: list[float], peak: float, baseline: float) -> dict[str, Any]:
+    """What every side reports: median time, rate and memory above the interpreter."""
+    return {
+        "median_s": med(seconds),
+        "items_per_s": round(n / statistics.median(seconds), 1),
+        "peak_rss_mib": peak,
+        "rss_baseline_mib": baseline,
+        "rss_above_baseline_mib": round(peak - baseline, 1),
+        "all_s": [round(s, 3) for s in seconds],
+    }
+
+
 def med(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -336,12 +348,7 @@ def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     phases["total_s"] = sum(phases.values())
     np.save(work / "tamis_scores.npy", scores)
     return {
-        "median_s": med(seconds),
-        "items_per_s": round(args.n / statistics.median(seconds), 1),
-        "peak_rss_mib": peak,
-        "rss_baseline_mib": baseline,
-        "rss_above_baseline_mib": round(peak - baseline, 1),
-        "all_s": [round(s, 3) for s in seconds],
+        **timing_result(args.n, seconds, peak, baseline),
         "breakdown_one_run": {k: round(v, 3) for k, v in phases.items()},
         "breakdown_matches_selection": bool(np.array_equal(picks.index, index)),
         "breakdown_peak_rss_mib": peak_rss_mib(),
@@ -379,18 +386,15 @@ def side_reference(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     np.save(work / "reference_index.npy", index)
     np.save(work / "reference_scores.npy", np.stack(task_scores))
     return {
-        "median_s": med(seconds),
-        "items_per_s": round(args.n / statistics.median(seconds), 1),
-        "peak_rss_mib": peak,
-        "rss_baseline_mib": baseline,
-        "rss_above_baseline_mib": round(peak - baseline, 1),
-        "all_s": [round(s, 3) for s in seconds],
+        **timing_result(args.n, seconds, peak, baseline),
         "load_pool_s_untimed": round(load_s, 3),
         "breakdown_median": {k: med(v) for k, v in phases.items()},
     }
 
 
 def side_gemm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from tamis.selectors.rds import top_k_indices
+
     baseline = peak_rss_mib()
     q_all = np.concatenate(list(make_queries(args.seed).values()))
     load_s, pool = timed(lambda: load_pool(str(args.data_dir), args.n))
@@ -406,16 +410,10 @@ def side_gemm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     assert scores is not None
     exact = np.empty((len(scores), IVF_K), dtype=np.int64)
     for i, row in enumerate(scores):
-        top = np.argpartition(row, len(row) - IVF_K)[-IVF_K:]
-        exact[i] = top[np.lexsort((top, -row[top]))]
+        exact[i] = top_k_indices(row, IVF_K)
     np.save(work / "exact_top10.npy", exact)
     return {
-        "median_s": med(seconds),
-        "items_per_s": round(args.n / statistics.median(seconds), 1),
-        "peak_rss_mib": peak,
-        "rss_baseline_mib": baseline,
-        "rss_above_baseline_mib": round(peak - baseline, 1),
-        "all_s": [round(s, 3) for s in seconds],
+        **timing_result(args.n, seconds, peak, baseline),
         "load_pool_s_untimed": round(load_s, 3),
         "gflops": round(2 * q_all.shape[0] * args.n * DIM / statistics.median(seconds) / 1e9, 1),
     }

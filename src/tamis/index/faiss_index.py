@@ -534,15 +534,3 @@ def recall_at_k(approx_indices: np.ndarray, exact_indices: np.ndarray, k: int = 
     if total == 0:
         raise ValueError("recall_at_k: the exact results hold no neighbours (all -1)")
     return hits / total
-
-
-__all__ = [
-    "GPU_MAX_K",
-    "Device",
-    "EmbeddingIndex",
-    "Metric",
-    "build_from_embeddings_dir",
-    "num_gpus",
-    "recall_at_k",
-    "resolve_device",
-]
