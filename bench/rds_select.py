@@ -126,11 +126,12 @@ def make_queries(seed: int) -> dict[str, np.ndarray]:
 
 
 def data_spec(n: int, seed: int) -> dict[str, Any]:
-    from tamis.pipelines.embed import ROW_GROUP_ROWS
+    from tamis.pipelines.embed import DATA_PAGE_BYTES, ROW_GROUP_ROWS
 
     return {
         "version": DATA_VERSION,
         "row_group_rows": ROW_GROUP_ROWS,  # the part layout: a new one means new files
+        "data_page_bytes": DATA_PAGE_BYTES,
         "n": n,
         "dim": DIM,
         "shard_rows": SHARD_ROWS,

@@ -71,10 +71,10 @@ def iter_vector_blocks(directory: str) -> Iterator[np.ndarray]:
 
 
 def _read_parquet(path: str, columns: list[str] | None = None):
-    """A part as an Arrow table: local files by path (native, multi-threaded reads), others
-    through Beam's FileSystems."""
+    """A part as an Arrow table: local files memory-mapped by path (native, multi-threaded
+    decoding), others through Beam's FileSystems."""
     if "://" not in path:
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, columns=columns, memory_map=True)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return pq.read_table(f, columns=columns)
 
