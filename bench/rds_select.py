@@ -16,8 +16,9 @@ Sides, each in its own fresh subprocess with ``--threads`` BLAS / OpenMP / Arrow
 (default 2), timed over ``--repeats`` runs (median):
 
 - tamis_rds: the production path, ``make_selector("rds", {})`` on ``read_ids`` and
-  ``iter_embedding_blocks`` of the directory: ids and vectors are read from the Parquet
-  parts inside the timed region (from the page cache once the files have been read).
+  ``iter_vector_blocks`` of the directory: ids and vectors are read from the Parquet
+  parts inside the timed region (from the page cache once the files have been read;
+  vectors straight from the data pages, see ``tamis.embeddings.parquet_pages``).
   After the timed runs one instrumented run splits the time into Parquet reading, the
   per-task GEMMs, the max over queries, top-k and the round robin.
 - reference_full_matrix: the reference's approach: the pool in RAM (loaded from the same

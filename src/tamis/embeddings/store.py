@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from tamis.embeddings.parquet_pages import read_row_group, vector_segments
 from tamis.records import InputError, read_json
 
 MANIFEST = "manifest.json"
@@ -40,11 +41,15 @@ def embeddings_manifest(directory: str) -> dict:
 
 
 def read_part(path: str) -> EmbeddingBlock:
-    table = _read_parquet(path)
-    column = table.column("embedding").combine_chunks()
-    dim = column.type.list_size
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+    table = _read_parquet(path, ["id", "n_tokens"])
+    blocks = list(iter_part_vectors(path))
+    if len(blocks) == 1:
+        vectors = blocks[0]
+    elif blocks:
+        vectors = np.concatenate(blocks)
+    else:  # a part with no rows
+        dim = _read_parquet(path, ["embedding"]).schema.field("embedding").type.list_size
+        vectors = np.zeros((0, dim), dtype=np.float32)
     return EmbeddingBlock(
         table.column("id").to_pylist(),
         vectors,
@@ -55,19 +60,37 @@ def read_part(path: str) -> EmbeddingBlock:
 def iter_vector_blocks(directory: str) -> Iterator[np.ndarray]:
     """(rows, dim) float32 blocks of the pool, in order, one per Parquet row group.
 
-    Reads only the vectors, and hands each decoded row group over without first joining a
-    part's row groups into one array (no extra copy, small peak memory).
+    Reads only the vectors, and hands each row group over without first joining a part's
+    row groups into one array (no extra copy, small peak memory).
     """
     for path in embedding_parts(directory):
-        column = _read_parquet(path, ["embedding"]).column("embedding")
-        dim = column.type.list_size
-        for chunk in column.chunks:
-            values = chunk.flatten().to_numpy(zero_copy_only=False)
-            yield np.asarray(values, dtype=np.float32).reshape(-1, dim)
-        del column
-        # Arrow's allocator keeps freed decode buffers for reuse; hand them back so a pass
-        # over the pool stays at about one part of memory.
-        pa.default_memory_pool().release_unused()
+        yield from iter_part_vectors(path)
+
+
+def iter_part_vectors(path: str) -> Iterator[np.ndarray]:
+    """A part's (rows, dim) float32 vectors, one array per row group.
+
+    Local parts in the embed pipeline's layout are read straight from their data pages
+    (``parquet_pages``); any other part is decoded by pyarrow. Both give the same values.
+    """
+    if "://" not in path:
+        with open(path, "rb", buffering=0) as f:
+            metadata = pq.read_metadata(f)
+            dim = metadata.schema.to_arrow_schema().field("embedding").type.list_size
+            groups = vector_segments(f, metadata, "embedding", dim)
+            if groups is not None:
+                for group in groups:
+                    yield read_row_group(f, group, dim)
+                return
+    column = _read_parquet(path, ["embedding"]).column("embedding")
+    dim = column.type.list_size
+    for chunk in column.chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False)
+        yield np.asarray(values, dtype=np.float32).reshape(-1, dim)
+    del column
+    # Arrow's allocator keeps freed decode buffers for reuse; hand them back so a pass
+    # over the pool stays at about one part of memory.
+    pa.default_memory_pool().release_unused()
 
 
 def _read_parquet(path: str, columns: list[str] | None = None):
