@@ -109,3 +109,12 @@ def test_quickstart_config_is_valid():
 def test_every_example_config_is_valid():
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_shipped_example_configs_load_and_their_selectors_validate(path):
+    from tamis.selectors.base import make_selector
+
+    config = load_config(str(path))
+    if config.selection is not None:
+        make_selector(config.selection.selector, config.selection.params)

@@ -137,6 +137,18 @@ def _print_select_summary(manifest: dict, output: str) -> None:
             on = agreement[task]["on_label"]
             line += f", {on}/{picked} on topic ({100 * on / max(picked, 1):.0f}%)"
         print(line)
+    info = manifest.get("info", {})
+    if "coverage_radius_last" in info:
+
+        def radius(value: float | None) -> str:  # None: infinite (no centers yet)
+            return "inf" if value is None else f"{value:.4f}"
+
+        print(
+            f"  coverage radius ({info['metric']}): {radius(info['coverage_radius_first'])} "
+            f"at the first pick, {radius(info['coverage_radius_last'])} at the last, "
+            f"{radius(info['coverage_radius_after'])} after "
+            f"({c.get('labeled', 0):,} labelled before)"
+        )
     print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
     print(f"  manifest: {os.path.join(output, 'manifest.json')}")
 

@@ -168,3 +168,41 @@ def test_distributed_select_writes_the_local_subset(bbc_job, tmp_path):
                 output=str(tmp_path / "x"),
             )
         )
+
+
+def test_coreset_over_the_pool_embeddings_equals_the_core(bbc_job, tmp_path, capsys):
+    from tamis.embeddings.store import read_embeddings
+    from tamis.selectors.kcenter import k_center_greedy
+
+    root, data = bbc_job
+    ids, vectors = read_embeddings(str(root / "emb"))
+    labeled = ids[:3]
+    (tmp_path / "labeled.txt").write_text("\n".join(labeled) + "\n")
+    job = {
+        **data,
+        "selection": {
+            "selector": "coreset",
+            "budget": 12,
+            "params": {"labeled": str(tmp_path / "labeled.txt")},
+            "join_records": True,
+            "output": str(tmp_path / "subset"),
+        },
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert tamis_main(["select", str(tmp_path / "job.yaml")]) == 0
+    assert "coverage radius (cosine)" in capsys.readouterr().out
+    subset = read_jsonl(tmp_path / "subset" / "subset.jsonl")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = k_center_greedy(unit, 12, [0, 1, 2], "cosine")
+    assert [r["id"] for r in subset] == [ids[i] for i in expected.index]
+    assert [r["coverage_radius"] for r in subset] == expected.radius.tolist()
+    assert all("text" in r for r in subset) and not set(labeled) & {r["id"] for r in subset}
+    manifest = json.loads((tmp_path / "subset" / "manifest.json").read_text())
+    assert manifest["counts"]["labeled"] == 3
+    assert manifest["counts"]["candidates"] == len(ids) - 3
+
+
+def test_per_class_budget_needs_probabilities(bbc_job):
+    root, data = bbc_job
+    with pytest.raises(ConfigError, match="per_class needs a selector over probabilities"):
+        run_select(with_selection(data, selector="random", budget="per_class", params={}))

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -37,6 +38,14 @@ from tamis.embeddings.store import (
     read_ids,
 )
 from tamis.pipelines.embed import run_embed, versions
+from tamis.probabilities import (
+    ProbabilityTable,
+    flagged_ids,
+    positions_of,
+    probabilities_from_rows,
+    read_id_list,
+    read_probability_table,
+)
 from tamis.records import (
     InputError,
     atomic_write,
@@ -45,6 +54,9 @@ from tamis.records import (
     write_jsonl_atomic,
 )
 from tamis.selectors.base import (
+    EMBEDDINGS,
+    LABELED,
+    PROBABILITIES,
     QUERY_EMBEDDINGS,
     Selection,
     SelectionInputs,
@@ -149,7 +161,19 @@ def write_subset(output: str, rows: list[dict]) -> None:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     atomic_write(FileSystems.join(output, SUBSET_PARQUET), buffer.getvalue())
-    lines = [json.dumps(row, ensure_ascii=False, default=str) for row in rows]
+    # Strict JSON has no NaN or infinity (e.g. the coverage radius of a first pick made with
+    # no labelled set): those become null in JSONL; Parquet keeps them.
+    lines = [
+        json.dumps(
+            {
+                k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in row.items()
+            },
+            ensure_ascii=False,
+            default=str,
+        )
+        for row in rows
+    ]
     write_jsonl_atomic(FileSystems.join(output, SUBSET_JSONL), lines)
 
 
@@ -176,19 +200,90 @@ def _rds_on_beam(config, selector, inputs, budget, pool_dir, output, beam_args) 
     return selector.selection_from_picks(picks, inputs.ids, names)
 
 
+def probability_table(config: Config, params: Any) -> ProbabilityTable:
+    """The pool's class probabilities: from `params.probabilities`, else the pool records."""
+    options = dict(
+        field=params.field,
+        kind=params.kind,
+        temperature=params.temperature,
+        blend_weight=params.blend_weight,
+    )
+    if params.probabilities is not None:
+        id_field = config.pool.id_field if config.pool is not None else "id"
+        return read_probability_table(params.probabilities, id_field=id_field, **options)
+    pool = config.pool
+    if pool is None:
+        raise ConfigError(
+            "selection.params.probabilities: required when there is no pool section "
+            "(a Parquet or JSONL file with id and probabilities)"
+        )
+    rows = ((r.id, r.fields) for r in iter_pool_records(pool, keep_fields=True))
+    return probabilities_from_rows(rows, source=f"pool {pool.path}", **options)
+
+
+def labeled_positions(config: Config, params: Any, ids: pa.Array) -> tuple[np.ndarray, dict]:
+    """Pool positions of the labelled examples named by `labeled` or `labeled_field`."""
+    if params.labeled is not None and params.labeled_field is not None:
+        raise ConfigError("selection.params: give labeled (a file of ids) or labeled_field")
+    if params.labeled is not None:
+        wanted = read_id_list(params.labeled)
+        origin = {"path": params.labeled}
+    elif params.labeled_field is not None:
+        field = params.labeled_field
+        source = getattr(params, "probabilities", None)
+        if source is not None:
+            wanted = flagged_ids(source, field)
+            origin = {"path": source, "field": field}
+        else:
+            pool = require(config.pool, "pool")
+            wanted = [
+                r.id for r in iter_pool_records(pool, keep_fields=True) if r.fields.get(field)
+            ]
+            origin = {"path": pool.path, "field": field}
+    else:
+        return np.zeros(0, dtype=np.int64), {"count": 0}
+    positions = np.unique(positions_of(ids, wanted, "selection.params.labeled"))
+    origin["count"] = len(positions)
+    return positions, origin
+
+
 def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
     """Run the configured selector over finished embeddings; write and return the manifest."""
     started = time.perf_counter()
     selection_cfg = require(config.selection, "selection")
     output = require(selection_cfg.output, "selection.output")
     selector = make_selector(selection_cfg.selector, selection_cfg.params)
-    pool_dir = require(config.embedding.output, "embedding.output")
-    try:
-        pool_manifest = embeddings_manifest(pool_dir)
-    except InputError as err:
-        raise ConfigError(f"embedding.output: {err}") from err
-    ids = read_ids(pool_dir)
-    dim = pool_manifest["model"].get("dim")
+    inputs_origin: dict[str, Any] = {}
+    ids, dim, pool_dir = None, None, None
+    # The pool is the embeddings dir's, unless the selector works on probabilities alone.
+    if selector.needs & {EMBEDDINGS, QUERY_EMBEDDINGS} or PROBABILITIES not in selector.needs:
+        pool_dir = require(config.embedding.output, "embedding.output")
+        try:
+            pool_manifest = embeddings_manifest(pool_dir)
+        except InputError as err:
+            raise ConfigError(f"embedding.output: {err}") from err
+        ids = read_ids(pool_dir)
+        dim = pool_manifest["model"].get("dim")
+        inputs_origin["embeddings"] = {
+            "path": pool_dir,
+            "fingerprint": pool_manifest.get("fingerprint"),
+        }
+
+    probabilities = None
+    if PROBABILITIES in selector.needs:
+        table = probability_table(config, selector.params)
+        if ids is None:
+            ids = pa.array(table.ids, pa.string())
+            probabilities = table.probs
+        else:  # align to the embeddings' pool order
+            where = f"the probabilities ({table.source})"
+            rows = positions_of(table.ids, ids.to_pylist(), f"embedding.output {pool_dir}", where)
+            probabilities = table.probs[rows]
+        inputs_origin["probabilities"] = {
+            "source": table.source,
+            "fields": list(table.fields),
+            "classes": table.n_classes,
+        }
 
     queries, query_origins = {}, {}
     if QUERY_EMBEDDINGS in selector.needs:
@@ -202,16 +297,33 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
                     f"pool embeddings ({dim}, {pool_dir})"
                 )
             queries[task] = vectors
+        inputs_origin["queries"] = query_origins
+
+    labeled = None
+    if LABELED in selector.needs:
+        labeled, inputs_origin["labeled"] = labeled_positions(config, selector.params, ids)
 
     excluded = duplicate_positions(config, ids) if selection_cfg.deduplicate else None
     n_excluded = 0 if excluded is None else len(excluded)
-    budget = parse_budget(selection_cfg.budget, len(ids) - n_excluded)
+    not_candidates = np.zeros(len(ids), dtype=bool)
+    for positions in (excluded, labeled):
+        if positions is not None:
+            not_candidates[positions] = True
+    n_candidates = len(ids) - int(not_candidates.sum())
+    if selection_cfg.budget == "per_class":
+        if probabilities is None:
+            raise ConfigError("selection.budget: per_class needs a selector over probabilities")
+        budget = parse_budget(probabilities.shape[1], n_candidates)
+    else:
+        budget = parse_budget(selection_cfg.budget, n_candidates)
     inputs = SelectionInputs(
         ids=ids,
-        blocks=lambda: iter_vector_blocks(pool_dir),
+        blocks=(lambda: iter_vector_blocks(pool_dir)) if pool_dir is not None else None,
         dim=dim,
         queries=queries,
         excluded=excluded,
+        probabilities=probabilities,
+        labeled=labeled,
     )
     select_started = time.perf_counter()
     if selection_cfg.distributed or config.runner.name != "local":
@@ -228,7 +340,8 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
     counts: dict[str, Any] = {
         "pool": len(ids),
         "excluded_duplicates": n_excluded,
-        "candidates": len(ids) - n_excluded,
+        "labeled": 0 if labeled is None else len(labeled),
+        "candidates": n_candidates,
         "budget": budget,
         "selected": len(selection),
     }
@@ -240,10 +353,7 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
         "selector": selector.name,
         "params": {k: v for k, v in vars(selector.params).items()},
         "config": config.to_dict(),
-        "inputs": {
-            "embeddings": {"path": pool_dir, "fingerprint": pool_manifest.get("fingerprint")},
-            "queries": query_origins,
-        },
+        "inputs": inputs_origin,
         "counts": counts,
         "info": selection.info,
         "seconds": {

@@ -20,6 +20,8 @@ from tamis.config import ConfigError, build_dataclass
 # What a selector may declare it needs (the select pipeline provides these).
 EMBEDDINGS = "embeddings"
 QUERY_EMBEDDINGS = "query_embeddings"
+PROBABILITIES = "probabilities"  # (N, C) class-probability vectors of the pool
+LABELED = "labeled"  # pool positions already labelled (from selection.params)
 
 
 @dataclass
@@ -36,6 +38,8 @@ class SelectionInputs:
     queries: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (Q, dim)
     # Pool positions a selector must not pick (e.g. exact duplicates removed before).
     excluded: np.ndarray | None = None
+    probabilities: np.ndarray | None = None  # (N, C) float32, rows summing to 1
+    labeled: np.ndarray | None = None  # pool positions of labelled examples
 
 
 @dataclass

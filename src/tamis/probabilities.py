@@ -1,0 +1,383 @@
+"""Class-probability vectors for PCoreSet, and labelled-id lists, read and checked.
+
+Probabilities come from a column of pool rows: ``probs`` (rows summing to 1), ``logits``
+(softmax at a temperature), or two heads blended as in the PCoreSet reference
+((1 - w) p_1 + w p_2, w = 0.5). Rows come from a Parquet file (read column-wise by Arrow,
+fast for millions of rows), a JSONL file, or the pool records themselves. Every problem
+names the file, the row and the id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from tamis.records import InputError, resolve_inputs
+
+SUM_TOLERANCE = 1e-4
+# Columns tried, in order, when the field is "auto".
+AUTO_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("probs",),
+    ("logits",),
+    ("probs_ce", "probs_kd"),
+    ("logits_ce", "logits_kd"),
+)
+Kind = Literal["auto", "probs", "logits"]
+
+
+@dataclass
+class ProbabilityTable:
+    """Pool ids in order and their (N, C) float32 probability vectors."""
+
+    ids: list[str]
+    probs: np.ndarray
+    fields: tuple[str, ...]  # the columns they came from
+    source: str
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.probs.shape[1])
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature, in float64 (stable: max subtracted)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def kind_of(field: str, kind: Kind) -> str:
+    if kind != "auto":
+        return kind
+    return "logits" if "logit" in field else "probs"
+
+
+def to_probabilities(
+    columns: dict[str, np.ndarray],
+    fields: Sequence[str],
+    kind: Kind = "auto",
+    temperature: float = 1.0,
+    blend_weight: float = 0.5,
+    row_names: Sequence[str] | None = None,
+    where: str = "",
+) -> np.ndarray:
+    """(N, C) float32 probabilities from one column, or two heads blended.
+
+    Probability columns must be finite, non-negative and sum to 1 within 1e-4 per row;
+    the error names the first bad row (by ``row_names`` when given).
+    """
+    if len(fields) not in (1, 2):
+        raise ValueError(f"expected one probability field or two heads, got {list(fields)}")
+    heads = []
+    for field in fields:
+        values = np.asarray(columns[field], dtype=np.float64)
+        _check_finite(values, field, row_names, where)
+        if kind_of(field, kind) == "logits":
+            heads.append(softmax(values, temperature))
+        else:
+            _check_distribution(values, field, row_names, where)
+            heads.append(values)
+    if len(heads) == 2:
+        if heads[0].shape != heads[1].shape:
+            raise ValueError(
+                f"{where}heads {fields[0]!r} and {fields[1]!r} have {heads[0].shape[1]} and "
+                f"{heads[1].shape[1]} classes"
+            )
+        probs = (1.0 - blend_weight) * heads[0] + blend_weight * heads[1]
+    else:
+        probs = heads[0]
+    return probs.astype(np.float32)
+
+
+def _row_name(row: int, row_names: Sequence[str] | None) -> str:
+    return f"row {row} (id {row_names[row]!r})" if row_names is not None else f"row {row}"
+
+
+def _check_finite(values: np.ndarray, field: str, row_names, where: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"{where}{_row_name(int(bad[0]), row_names)}: {field!r} holds a NaN or infinite "
+            f"value ({len(bad)} such rows)"
+        )
+
+
+def _check_distribution(values: np.ndarray, field: str, row_names, where: str) -> None:
+    negative = np.flatnonzero((values < 0).any(axis=1))
+    if len(negative):
+        row = int(negative[0])
+        raise ValueError(
+            f"{where}{_row_name(row, row_names)}: {field!r} has a negative probability "
+            f"({values[row].min():g}); pass logits with kind: logits"
+        )
+    sums = values.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1.0) > SUM_TOLERANCE)
+    if len(off):
+        row = int(off[0])
+        raise ValueError(
+            f"{where}{_row_name(row, row_names)}: {field!r} sums to {sums[row]:.6g}, not 1 "
+            f"(tolerance {SUM_TOLERANCE:g}; {len(off)} such rows); if these are logits, "
+            "set kind: logits"
+        )
+
+
+def resolve_fields(available: Iterable[str], field: str | list[str]) -> tuple[str, ...]:
+    """The probability column(s) to read: `field`, or the first of AUTO_FIELDS present."""
+    names = set(available)
+    if field != "auto":
+        wanted = (field,) if isinstance(field, str) else tuple(field)
+        missing = [f for f in wanted if f not in names]
+        if missing:
+            raise KeyError(f"no column {missing[0]!r} (columns: {', '.join(sorted(names))})")
+        return wanted
+    for candidate in AUTO_FIELDS:
+        if all(f in names for f in candidate):
+            return candidate
+    tried = ", ".join("+".join(c) for c in AUTO_FIELDS)
+    raise KeyError(f"no probability column found (looked for {tried}); set field:")
+
+
+def read_probability_table(
+    path: str,
+    field: str | list[str] = "auto",
+    kind: Kind = "auto",
+    temperature: float = 1.0,
+    blend_weight: float = 0.5,
+    id_field: str = "id",
+) -> ProbabilityTable:
+    """Probabilities from Parquet or JSONL files with an id column (glob or list of files)."""
+    ids: list[str] = []
+    columns: dict[str, list[np.ndarray]] = {}
+    fields: tuple[str, ...] = ()
+    sources = resolve_inputs(path)
+    for source in sources:
+        try:
+            if source.format == "parquet":
+                file_ids, file_columns, file_fields = _read_parquet(source.path, field, id_field)
+            elif source.format == "jsonl":
+                file_ids, file_columns, file_fields = _read_jsonl(source.path, field, id_field)
+            else:
+                raise InputError(f"{source.path}: probabilities must be Parquet or JSONL")
+        except KeyError as err:
+            raise InputError(f"{source.path}: {err.args[0]}") from None
+        if fields and file_fields != fields:
+            raise InputError(f"{source.path}: has columns {file_fields}, earlier files {fields}")
+        fields = file_fields
+        ids.extend(file_ids)
+        for name, values in file_columns.items():
+            columns.setdefault(name, []).append(values)
+    joined = {name: _stack(parts, name, path) for name, parts in columns.items()}
+    try:
+        probs = to_probabilities(joined, fields, kind, temperature, blend_weight, ids, f"{path}: ")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    _check_unique(ids, path)
+    return ProbabilityTable(ids, probs, fields, path)
+
+
+def probabilities_from_rows(
+    rows: Iterable[tuple[str, dict]],
+    field: str | list[str] = "auto",
+    kind: Kind = "auto",
+    temperature: float = 1.0,
+    blend_weight: float = 0.5,
+    source: str = "pool",
+) -> ProbabilityTable:
+    """Probabilities from (id, record) pairs, e.g. the pool records' own fields."""
+    ids: list[str] = []
+    vectors: dict[str, list] = {}
+    fields: tuple[str, ...] = ()
+    for rid, record in rows:
+        if not fields:
+            try:
+                fields = resolve_fields(record, field)
+            except KeyError as err:
+                raise InputError(f"{source}: record {rid!r}: {err.args[0]}") from None
+        for name in fields:
+            value = record.get(name)
+            if not isinstance(value, list | tuple | np.ndarray):
+                raise InputError(f"{source}: record {rid!r}: {name!r} is not a list ({value!r})")
+            vectors.setdefault(name, []).append(value)
+        ids.append(rid)
+    if not ids:
+        raise InputError(f"{source}: no records")
+    joined = {name: _stack_lists(values, name, ids, source) for name, values in vectors.items()}
+    try:
+        probs = to_probabilities(
+            joined, fields, kind, temperature, blend_weight, ids, f"{source}: "
+        )
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    _check_unique(ids, source)
+    return ProbabilityTable(ids, probs, fields, source)
+
+
+def read_id_list(path: str) -> list[str]:
+    """Ids from a text file (one per line), JSONL ({"id": ...} per line) or Parquet (`id`)."""
+    if path.endswith(".parquet"):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            table = pq.read_table(f)
+        if "id" not in table.column_names:
+            raise InputError(f"{path}: no 'id' column (columns: {table.column_names})")
+        return [str(v) for v in table.column("id").to_pylist()]
+    ids = []
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+        for number, line in enumerate(stream.read().decode("utf-8").splitlines(), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    rid = json.loads(line).get("id")
+                except (json.JSONDecodeError, AttributeError) as err:
+                    raise InputError(
+                        f"{path}:{number}: not a JSON object with an id: {err}"
+                    ) from None
+                if rid is None:
+                    raise InputError(f"{path}:{number}: record has no 'id'")
+                ids.append(str(rid))
+            else:
+                ids.append(line)
+    return ids
+
+
+def positions_of(
+    ids: Sequence[str] | pa.Array, wanted: Sequence[str], what: str, where: str = "the pool"
+) -> np.ndarray:
+    """Positions in `ids` of the `wanted` ids, in their order; unknown ids raise an error
+    naming them."""
+    if isinstance(ids, pa.Array | pa.ChunkedArray):
+        ids = ids.to_pylist()
+    position = {rid: i for i, rid in enumerate(ids)}
+    unknown = [rid for rid in wanted if rid not in position]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise InputError(f"{what}: {len(unknown)} ids are not in {where}: {shown}{more}")
+    return np.asarray([position[rid] for rid in wanted], dtype=np.int64)
+
+
+def flagged_ids(path: str, field: str, id_field: str = "id") -> list[str]:
+    """Ids of the rows of Parquet or JSONL files whose `field` is true."""
+    ids: list[str] = []
+    for source in resolve_inputs(path):
+        if source.format == "parquet":
+            with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                table = pq.read_table(f)
+            for name in (id_field, field):
+                if name not in table.column_names:
+                    raise InputError(f"{source.path}: no {name!r} column")
+            flags = table.column(field).to_pylist()
+            row_ids = table.column(id_field).to_pylist()
+            ids += [str(r) for r, flag in zip(row_ids, flags, strict=True) if flag]
+        else:
+            with FileSystems.open(source.path, compression_type=CompressionTypes.AUTO) as stream:
+                for line in iter(stream.readline, b""):
+                    if line.strip():
+                        record = json.loads(line)
+                        if record.get(field):
+                            ids.append(str(record[id_field]))
+    return ids
+
+
+def _read_parquet(path: str, field, id_field: str):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        if id_field not in names:
+            raise KeyError(f"no {id_field!r} column (columns: {', '.join(names)})")
+        fields = resolve_fields(names, field)
+        table = parquet.read(columns=[id_field, *fields])
+    ids = [str(v) for v in table.column(id_field).to_pylist()]
+    columns = {name: _list_column(table.column(name), name, ids, path) for name in fields}
+    return ids, columns, fields
+
+
+def _list_column(column: pa.ChunkedArray, name: str, ids: list[str], path: str) -> np.ndarray:
+    """A list<number> column as an (N, C) array; ragged or null rows are errors."""
+    array = column.combine_chunks()
+    if not (pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type)):
+        raise InputError(f"{path}: column {name!r} is {array.type}, not a list of numbers")
+    if array.null_count:
+        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: {_row_name(row, ids)}: {name!r} is null")
+    if pa.types.is_fixed_size_list(array.type):
+        width = array.type.list_size
+    else:
+        lengths = np.diff(array.offsets.to_numpy())
+        width = int(lengths[0]) if len(lengths) else 0
+        ragged = np.flatnonzero(lengths != width)
+        if len(ragged):
+            row = int(ragged[0])
+            raise InputError(
+                f"{path}: {_row_name(row, ids)}: {name!r} has {lengths[row]} values, "
+                f"row 0 has {width}"
+            )
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64).reshape(len(array), width)
+
+
+def _read_jsonl(path: str, field, id_field: str):
+    ids: list[str] = []
+    vectors: dict[str, list] = {}
+    fields: tuple[str, ...] = ()
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+        for number, line in enumerate(iter(stream.readline, b""), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{number}: malformed JSON: {err}") from None
+            if not isinstance(record, dict) or id_field not in record:
+                raise InputError(f"{path}:{number}: record has no {id_field!r}")
+            if not fields:
+                fields = resolve_fields(record, field)
+            for name in fields:
+                value = record.get(name)
+                if not isinstance(value, list):
+                    raise InputError(f"{path}:{number}: {name!r} is not a list ({value!r})")
+                vectors.setdefault(name, []).append(value)
+            ids.append(str(record[id_field]))
+    columns = {name: _stack_lists(v, name, ids, path) for name, v in vectors.items()}
+    return ids, columns, fields
+
+
+def _stack_lists(values: list, name: str, ids: list[str], where: str) -> np.ndarray:
+    width = len(values[0])
+    for row, value in enumerate(values):
+        if len(value) != width:
+            raise InputError(
+                f"{where}: {_row_name(row, ids)}: {name!r} has {len(value)} values, "
+                f"the first row has {width}"
+            )
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(len(values), width)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{where}: {name!r} holds a value that is not a number: {err}") from None
+
+
+def _stack(parts: list[np.ndarray], name: str, path: str) -> np.ndarray:
+    widths = {p.shape[1] for p in parts}
+    if len(widths) > 1:
+        raise InputError(f"{path}: {name!r} has different widths across files: {widths}")
+    return np.concatenate(parts)
+
+
+def _check_unique(ids: list[str], where: str) -> None:
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        for row, rid in enumerate(ids):
+            if rid in seen:
+                raise InputError(f"{where}: row {row}: id {rid!r} appears twice")
+            seen.add(rid)
