@@ -155,3 +155,26 @@ def test_labelled_centers_closer_than_float32_can_tell(metric):
     picks, radii = naive_k_center(points, 60, labeled, metric)
     np.testing.assert_array_equal(got.index, picks)
     np.testing.assert_array_equal(got.radius, radii)
+
+
+def test_torch_screening_gemm_gives_the_same_picks():
+    """device: torch runs the screening GEMM through torch (the GPU code path, on the CPU):
+    any float32 GEMM is within the screening bound, so no pick or radius may change."""
+    rng = np.random.default_rng(4)
+    points = random_case(rng, "simplex", 3000, 12)
+    labeled = rng.choice(3000, 5, replace=False)
+    numpy_picks = k_center_greedy(points, 80, labeled, device="cpu")
+    torch_picks = k_center_greedy(points, 80, labeled, device="torch")
+    np.testing.assert_array_equal(torch_picks.index, numpy_picks.index)
+    np.testing.assert_array_equal(torch_picks.radius, numpy_picks.radius)
+
+
+@pytest.mark.gpu
+def test_cuda_screening_gives_the_same_picks():
+    rng = np.random.default_rng(6)
+    points = random_case(rng, "sphere", 50_000, 64)
+    labeled = rng.choice(50_000, 20, replace=False)
+    cpu = k_center_greedy(points, 200, labeled, "cosine", device="cpu")
+    gpu = k_center_greedy(points, 200, labeled, "cosine", device="cuda")
+    np.testing.assert_array_equal(gpu.index, cpu.index)
+    np.testing.assert_array_equal(gpu.radius, cpu.radius)

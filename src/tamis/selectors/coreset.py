@@ -36,13 +36,16 @@ from tamis.selectors.kcenter import Metric, k_center_greedy
 
 
 @dataclass
-class LabeledParams:
+class KCenterParams:
     # The labelled set: a file of ids (text lines, JSONL or Parquet with `id`), or a boolean
     # column of the pool records (or of the probabilities file) marking labelled rows.
     labeled: str | None = None
     labeled_field: str | None = None
     # With no labelled examples: "reference" = lowest pool position first; "random" = seeded.
     first: Literal["reference", "random"] = "reference"
+    # Where the pool-wide screening GEMMs run: auto (CUDA when torch sees a GPU), cpu,
+    # torch, cuda[:N]. Picks are identical on every device.
+    device: str = "auto"
 
 
 class _KCenterSelector(Selector):
@@ -73,6 +76,7 @@ class _KCenterSelector(Selector):
             excluded=inputs.excluded,
             first=first,
             progress=len(points) * budget > 10**8,
+            device=self.params.device,
         )
         radius = picks.radius
         return Selection(
@@ -107,7 +111,7 @@ class PCoreSetSelector(_KCenterSelector):
     metric = "euclidean"
 
     @dataclass
-    class Params(LabeledParams):
+    class Params(KCenterParams):
         # Where the probabilities are: a Parquet/JSONL file with `id` and the field(s);
         # by default the pool records' own fields.
         probabilities: str | None = None
@@ -133,7 +137,7 @@ class CoreSetSelector(_KCenterSelector):
     needs = frozenset({EMBEDDINGS, LABELED})
 
     @dataclass
-    class Params(LabeledParams):
+    class Params(KCenterParams):
         metric: Literal["cosine", "euclidean"] = "cosine"
 
     @property

@@ -22,11 +22,14 @@ Ties go to the lowest pool position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 Metric = Literal["euclidean", "cosine"]
 METRICS = ("euclidean", "cosine")
@@ -70,6 +73,7 @@ def k_center_greedy(
     first: int | None = None,
     progress: bool = False,
     lookahead: int = 64,
+    device: str = "auto",
 ) -> KCenterPicks:
     """Greedy k-center over ``points`` (N, D): ``budget`` picks, farthest-first.
 
@@ -79,6 +83,10 @@ def k_center_greedy(
     choice: the lowest candidate position (every distance is infinite, argmax takes the
     first). With centers, the first pick is greedy like the rest.
     ``lookahead``: picks predicted and prepared per pool-wide GEMM (speed only).
+    ``device``: where the pool-wide screening GEMMs run: ``auto`` (CUDA when torch sees a
+    GPU), ``cpu`` (numpy), ``torch`` (torch on the CPU) or a CUDA device such as ``cuda:0``.
+    Exact distances and the picks are computed on the CPU either way: they do not depend
+    on it.
     Memory: the float32 points, three N-long arrays, and a (lookahead x N) float32 block.
     """
     if metric not in METRICS:
@@ -102,7 +110,7 @@ def k_center_greedy(
         )
     if first is not None and (not 0 <= first < n or taken[first]):
         raise ValueError(f"first pick {first} is not a point that can be picked")
-    state = _ScreenedGreedy(x, metric, taken)
+    state = _ScreenedGreedy(x, metric, taken, resolve_device(device))
     state.add_initial_centers(centers)
 
     index = np.empty(budget, dtype=np.int64)
@@ -141,12 +149,57 @@ def k_center_greedy(
     return KCenterPicks(index, radius, final, state.exact_distances, state.look_aheads)
 
 
+def resolve_device(device: str) -> str:
+    """``cpu``, or the torch CUDA device the screening GEMMs should use; logs the choice."""
+    if device == "auto":
+        try:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # torch is a dependency, but the numpy path needs nothing else
+            device = "cpu"
+    elif device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"k-center device {device!r}: torch sees no CUDA GPU")
+    log.info("k-center: screening GEMMs on %s", device)
+    return device
+
+
+def pool_products(x: np.ndarray, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function: pool positions -> their (k, N) float32 inner products with the pool.
+
+    On a torch device the pool is copied there once; each call is one GEMM there and one
+    copy of the (k, N) result back. Any float32 GEMM is within the screening bound.
+    """
+    if device == "cpu":
+
+        def on_cpu(positions: np.ndarray) -> np.ndarray:
+            out = np.empty((len(positions), len(x)), dtype=np.float32)
+            return np.matmul(x[positions], x.T, out=out)  # written in place: no copy
+
+        return on_cpu
+    import torch
+
+    # "torch": torch's own CPU GEMM (the same code path as a GPU, testable anywhere).
+    device = "cpu" if device == "torch" else device
+    pool = torch.from_numpy(x).to(device)
+
+    def on_device(positions: np.ndarray) -> np.ndarray:
+        rows = pool[torch.from_numpy(positions).to(device)]
+        return (rows @ pool.T).cpu().numpy()
+
+    return on_device
+
+
 class _ScreenedGreedy:
     """Each point's distance to its nearest center (-inf once taken), and the screening
     limit that says from <x, c> alone whether a center c may come closer."""
 
-    def __init__(self, x: np.ndarray, metric: Metric, taken: np.ndarray):
+    def __init__(self, x: np.ndarray, metric: Metric, taken: np.ndarray, device: str = "cpu"):
         self.x = x
+        self.gemm = pool_products(x, device)
         self.metric = metric
         n, dim = x.shape
         self.sq_norms = np.empty(n)
@@ -168,9 +221,7 @@ class _ScreenedGreedy:
 
     def products(self, positions: np.ndarray) -> np.ndarray:
         """(len(positions), N) float32 inner products of those points with every point."""
-        out = np.empty((len(positions), len(self.x)), dtype=np.float32)
-        # One GEMM written in place: (count x N) rows are what each step reads.
-        return np.matmul(self.x[positions], self.x.T, out=out)
+        return self.gemm(np.asarray(positions, dtype=np.int64))
 
     def predicted_picks(self, first: int, count: int) -> np.ndarray:
         """The next picks from ``first`` on, as far as the greedy run on the farthest points
