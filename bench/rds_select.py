@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -53,11 +52,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchlib import blas_info, med, peak_rss_mib, thread_env, timed, timing_result, write_results
 
 BENCH = "rds_select"
 DIM = 384
@@ -76,13 +76,6 @@ TIME_TARGET = 1.5
 IVF_K = 10
 RESULTS = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
 SIDE_ORDER = ("tamis_rds", "numpy_gemm", "reference_full_matrix", "faiss_ivf")
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,58 +200,6 @@ def load_pool(directory: str, n: int) -> np.ndarray:
     if offset != n:
         raise RuntimeError(f"{directory}: {offset} vectors, expected {n}")
     return pool
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurement
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS in MiB: VmHWM on Linux, else ru_maxrss.
-
-    On Linux ru_maxrss survives exec: a child started with fork / vfork + exec starts with
-    its parent's peak, which would hide a small side. VmHWM belongs to the process's own
-    address space, so it starts afresh at exec.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    # ru_maxrss is in KiB on Linux, in bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
-
-
-def timing_result(n: int, seconds: list[float], peak: float, baseline: float) -> dict[str, Any]:
-    """What every side reports: median time, rate and memory above the interpreter."""
-    return {
-        "median_s": med(seconds),
-        "items_per_s": round(n / statistics.median(seconds), 1),
-        "peak_rss_mib": peak,
-        "rss_baseline_mib": baseline,
-        "rss_above_baseline_mib": round(peak - baseline, 1),
-        "all_s": [round(s, 3) for s in seconds],
-    }
-
-
-def med(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
-
-
-def blas_info() -> list[dict[str, Any]]:
-    from threadpoolctl import threadpool_info
-
-    keys = ("internal_api", "num_threads", "version", "prefix")
-    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,7 +435,7 @@ def run_side(name: str, args: argparse.Namespace, work: Path) -> None:
 
 
 def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARS})
+    env = thread_env(args.threads)
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -686,10 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ratios: {ratios}; memory target (<= {MEMORY_TARGET}) met: {met_memory}, "
         f"time target (<= {TIME_TARGET}x gemm) met: {met_time}, picks equal: {picks_equal}"
     )
-    report = {
-        "bench": BENCH,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "gpu": None},
+    payload = {
         "params": {
             "n": args.n,
             "dim": DIM,
@@ -733,8 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "met": met,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_results(BENCH, payload, args.out)
     print(f"wrote {args.out}")
     return 0
 
