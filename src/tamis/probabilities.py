@@ -299,11 +299,11 @@ def _read_parquet(path: str, field, id_field: str):
         fields = resolve_fields(names, field)
         table = parquet.read(columns=[id_field, *fields])
     ids = [str(v) for v in table.column(id_field).to_pylist()]
-    columns = {name: _list_column(table.column(name), name, ids, path) for name in fields}
+    columns = {name: list_column(table.column(name), name, ids, path) for name in fields}
     return ids, columns, fields
 
 
-def _list_column(column: pa.ChunkedArray, name: str, ids: list[str], path: str) -> np.ndarray:
+def list_column(column: pa.ChunkedArray, name: str, ids: list[str], path: str) -> np.ndarray:
     """A list<number> column as an (N, C) array; ragged or null rows are errors."""
     array = column.combine_chunks()
     if not (pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type)):

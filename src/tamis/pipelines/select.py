@@ -58,6 +58,7 @@ from tamis.selectors.base import (
     LABELED,
     PROBABILITIES,
     QUERY_EMBEDDINGS,
+    STREAM_ITEMS,
     Selection,
     SelectionInputs,
     make_selector,
@@ -253,6 +254,10 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
     selection_cfg = require(config.selection, "selection")
     output = require(selection_cfg.output, "selection.output")
     selector = make_selector(selection_cfg.selector, selection_cfg.params)
+    if STREAM_ITEMS in selector.needs:
+        from tamis.pipelines.stream import run_stream_select
+
+        return run_stream_select(config, selector, beam_args, started)
     inputs_origin: dict[str, Any] = {}
     ids, dim, pool_dir = None, None, None
     # The pool is the embeddings dir's, unless the selector works on probabilities alone.
@@ -332,11 +337,6 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
         selection = selector.select(inputs, budget, selection_cfg.seed)
     select_seconds = time.perf_counter() - select_started
 
-    wanted = set(selection.ids)
-    fields = None
-    if selection_cfg.join_records or selection_cfg.label_field:
-        fields = _record_fields(config, wanted)
-    write_subset(output, subset_rows(selection, fields if selection_cfg.join_records else None))
     counts: dict[str, Any] = {
         "pool": len(ids),
         "excluded_duplicates": n_excluded,
@@ -347,6 +347,26 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
     }
     if "task" in selection.columns:
         counts["per_task"] = dict(Counter(selection.columns["task"]))
+    seconds = select_seconds
+    return finish_select(config, selector, selection, counts, inputs_origin, seconds, started)
+
+
+def finish_select(
+    config: Config,
+    selector: Any,
+    selection: Selection,
+    counts: dict[str, Any],
+    inputs_origin: dict[str, Any],
+    select_seconds: float,
+    started: float,
+) -> dict:
+    """Write the subset (records joined if asked) and the manifest; return the manifest."""
+    selection_cfg = require(config.selection, "selection")
+    output = require(selection_cfg.output, "selection.output")
+    fields = None
+    if selection_cfg.join_records or selection_cfg.label_field:
+        fields = _record_fields(config, set(selection.ids))
+    write_subset(output, subset_rows(selection, fields if selection_cfg.join_records else None))
     manifest = {
         "stage": "select",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

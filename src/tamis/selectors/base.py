@@ -22,6 +22,7 @@ EMBEDDINGS = "embeddings"
 QUERY_EMBEDDINGS = "query_embeddings"
 PROBABILITIES = "probabilities"  # (N, C) class-probability vectors of the pool
 LABELED = "labeled"  # pool positions already labelled (from selection.params)
+STREAM_ITEMS = "stream_items"  # items in arrival order, decided one by one (stream_al)
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""`stream_al`: decide for each item on arrival whether to query its label (budget B).
+
+The strategies and their state are in `stream_budget`; this module holds the selector's
+parameters (scikit-activeml's names and defaults) and runs a whole stream: one decider per
+sub-stream key, items in arrival order. `tamis select` writes the queried items as the subset
+and every decision to ``decisions.parquet``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from tamis.config import ConfigError
+from tamis.selectors.base import STREAM_ITEMS, Selection, SelectionInputs, Selector, register
+from tamis.selectors.stream_budget import StreamDecider, StreamDecisions
+from tamis.stream_items import StreamItems
+
+Strategy = Literal[
+    "random",
+    "fixed_uncertainty",
+    "variable_uncertainty",
+    "randomized_variable_uncertainty",
+    "split",
+    "biqf",
+    "dbal",
+]
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def budget_fraction(budget: int | float | str) -> float:
+    """B from `selection.budget`: "5%" or 0.05 (a stream has no size to count against)."""
+    if isinstance(budget, str):
+        match = _PERCENT.match(budget)
+        if not match:
+            raise ConfigError(f"selection.budget: expected a fraction or 'N%', got {budget!r}")
+        fraction = float(match[1]) / 100
+    elif isinstance(budget, float):
+        fraction = budget
+    else:
+        raise ConfigError(
+            f"selection.budget: stream_al spends a fraction of the stream, e.g. '5%' or 0.05; "
+            f"got the count {budget!r}"
+        )
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"selection.budget: a fraction must be in (0, 1], got {budget!r}")
+    return fraction
+
+
+def stream_seed(seed: int, key: str | None) -> int | list[int]:
+    """Each sub-stream draws from its own generator, derived from the seed and its key."""
+    return seed if key is None else [seed, zlib.crc32(key.encode("utf-8"))]
+
+
+@register
+class StreamALSelector(Selector):
+    """Stream active learning over items in arrival order (see `stream_budget`)."""
+
+    name = "stream_al"
+    needs = frozenset({STREAM_ITEMS})
+
+    @dataclass
+    class Params:
+        strategy: Strategy = "variable_uncertainty"
+        theta: float = 1.0  # initial threshold (variable uncertainty family, dbal)
+        s: float = 0.01  # threshold step
+        w: int = 100  # budget-estimate window; biqf's utility window
+        delta: float = 1.0  # std of the threshold's random factor
+        v: float = 0.1  # split: share of random-sampling steps
+        w_tol: float = 50.0  # biqf: tolerance window of the budget balance
+        window: int = 100  # dbal: sliding window of embeddings
+        # Items: a Parquet/JSONL file with id and probabilities (or a utility); by default
+        # the pool records' own fields.
+        items: str | None = None
+        utility_field: str | None = None  # a column holding the utility (higher: query)
+        field: str | list[str] = "auto"  # probability column(s), as for pcoreset
+        kind: Literal["auto", "probs", "logits"] = "auto"
+        temperature: float = 1.0
+        blend_weight: float = 0.5
+        embedding_field: str = "embedding"  # dbal's item vectors
+        order_field: str = "order"  # arrival order when present; else file order
+        key_field: str | None = None  # independent sub-streams, each with budget B
+        resume: str | None = None  # a stream_state.json of an earlier run: continue it
+
+    def decider(self, budget: float, seed: int, key: str | None, n_classes: int | None):
+        p = self.params
+        return StreamDecider(
+            p.strategy, budget, theta=p.theta, s=p.s, w=p.w, delta=p.delta, v=p.v,
+            w_tol=p.w_tol, window=p.window, n_classes=n_classes, seed=stream_seed(seed, key),
+        )  # fmt: skip
+
+    def run(
+        self,
+        items: StreamItems,
+        budget: float,
+        seed: int,
+        states: dict[str, dict] | None = None,
+    ) -> tuple[StreamDecisions, dict[str, dict]]:
+        """Decide for every item, sub-stream by sub-stream; returns the decisions in arrival
+        order and each sub-stream's state (to resume from)."""
+        keys = items.keys if items.keys is not None else [""] * len(items)
+        n_classes = None if items.probabilities is None else items.probabilities.shape[1]
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        n = len(items)
+        out = StreamDecisions(np.zeros(n), np.zeros(n, bool), np.zeros(n), np.zeros(n))
+        final: dict[str, dict] = dict(states or {})
+        for key, rows in groups.items():
+            index = np.asarray(rows, dtype=np.int64)
+            keyed = items.keys is not None
+            decider = self._decider_for(key, keyed, budget, seed, n_classes, states)
+            decisions = decider.decide(
+                utility=None if items.utility is None else items.utility[index],
+                probabilities=None if items.probabilities is None else items.probabilities[index],
+                embeddings=None if items.embeddings is None else items.embeddings[index],
+            )
+            for name in ("utility", "queried", "threshold", "budget_estimate"):
+                getattr(out, name)[index] = getattr(decisions, name)
+            final[key] = decider.state()
+        return out, final
+
+    def _decider_for(self, key, keyed, budget, seed, n_classes, states) -> StreamDecider:
+        if states and key in states:
+            decider = StreamDecider.from_state(states[key])
+            expected = self.decider(budget, seed, key if keyed else None, n_classes)
+            if decider.strategy != expected.strategy or _differs(decider.params, expected.params):
+                raise ConfigError(
+                    f"selection.params.resume: sub-stream {key!r} was run with "
+                    f"{decider.strategy} {decider.params}, not {expected.strategy} "
+                    f"{expected.params}"
+                )
+            return decider
+        return self.decider(budget, seed, key if keyed else None, n_classes)
+
+    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
+        raise ConfigError("stream_al runs through `tamis select` (see run_stream_select)")
+
+
+def _differs(resumed: dict[str, Any], expected: dict[str, Any]) -> bool:
+    keys = set(resumed) | set(expected)
+    return any(
+        resumed.get(k) != expected.get(k) and not (k == "n_classes" and expected.get(k) is None)
+        for k in keys
+    )
+
+
+def selection_from_decisions(items: StreamItems, decisions: StreamDecisions) -> Selection:
+    """The queried items, in arrival order, as the subset."""
+    picked = np.flatnonzero(decisions.queried)
+    columns: dict[str, Any] = {
+        "arrival": picked,
+        "threshold": decisions.threshold[picked],
+        "budget_estimate": decisions.budget_estimate[picked],
+    }
+    if items.keys is not None:
+        columns["stream_key"] = [items.keys[i] for i in picked]
+    return Selection(
+        selector="stream_al",
+        index=items.position[picked],
+        ids=[items.ids[i] for i in picked],
+        score=decisions.utility[picked],
+        columns=columns,
+    )
