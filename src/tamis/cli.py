@@ -119,7 +119,25 @@ def _embed(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _print_stream_summary(manifest: dict, output: str) -> None:
+    c, info = manifest["counts"], manifest["info"]
+    print(
+        f"queried {c['queried']:,} of {c['items']:,} stream items "
+        f"({100 * info['query_rate']:.2f}%, budget {100 * info['budget_fraction']:g}%) with "
+        f"stream_al {info['strategy']} in {manifest['seconds']['wall']:.1f} s "
+        f"({info['items_per_second']:,} items/s deciding)"
+    )
+    for key, k in c.get("per_stream_key", {}).items():
+        print(f"  {key}: {k['queried']:,} of {k['items']:,}")
+    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
+    print(f"  decisions: {os.path.join(output, 'decisions.parquet')}")
+    print(f"  state (resume from it): {os.path.join(output, 'stream_state.json')}")
+
+
 def _print_select_summary(manifest: dict, output: str) -> None:
+    if manifest["selector"] == "stream_al":
+        _print_stream_summary(manifest, output)
+        return
     c = manifest["counts"]
     print(
         f"selected {c['selected']:,} of {c['candidates']:,} candidates with "

@@ -349,15 +349,16 @@ def _biqf(
         estimate[i] = scalars[1] / scalars[0]
         if math.isnan(u):
             continue
-        if count == w:  # the oldest value leaves the window
-            oldest = ring[head]
-            j = np.searchsorted(sorted_values[:count], oldest)
-            sorted_values[j : count - 1] = sorted_values[j + 1 : count].copy()
+        if count == w:  # the oldest value leaves the window: shift the rest down over it
+            j = np.searchsorted(sorted_values[:count], ring[head])
+            for k in range(j, count - 1):
+                sorted_values[k] = sorted_values[k + 1]
             count -= 1
         ring[head] = u
         head = (head + 1) % w
         j = np.searchsorted(sorted_values[:count], u)
-        sorted_values[j + 1 : count + 1] = sorted_values[j:count].copy()
+        for k in range(count, j, -1):  # make room at j, from the top down
+            sorted_values[k] = sorted_values[k - 1]
         sorted_values[j] = u
         count += 1
         theta = _linear_quantile(sorted_values, count, 1 - budget)
