@@ -41,11 +41,14 @@ class SkillMap:
 
 def skill_map(offsets: np.ndarray, codes: np.ndarray, n_skills: int) -> SkillMap:
     """Invert the examples' skill lists (a skill listed twice on one example counts once)."""
-    example = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-    pairs = np.unique(np.stack([codes.astype(np.int64), example]), axis=1)  # sorted by skill
+    n_examples = len(offsets) - 1
+    example = np.repeat(np.arange(n_examples, dtype=np.int64), np.diff(offsets))
+    # One int64 key per (skill, example) pair: unique() sorts by skill, then example.
+    keys = np.unique(codes.astype(np.int64) * max(n_examples, 1) + example)
+    skill, examples = np.divmod(keys, max(n_examples, 1))
     starts = np.zeros(n_skills + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pairs[0], minlength=n_skills), out=starts[1:])
-    return SkillMap(starts, pairs[1])
+    np.cumsum(np.bincount(skill, minlength=n_skills), out=starts[1:])
+    return SkillMap(starts, examples)
 
 
 def missing_skill_counts(missing_codes: np.ndarray, n_skills: int) -> np.ndarray:

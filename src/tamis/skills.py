@@ -1,0 +1,139 @@
+"""Skill tags for STAT: the training pool's skill lists and the student's evaluation, read
+column-wise with polars and turned into integer skill codes (no Python loop per example).
+
+Skill names are stripped and mapped through `aliases` (variant -> canonical name) first.
+Skills the evaluation names but no training example carries are reported, not dropped
+silently: they cannot be taught from this pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from tamis.records import InputError, resolve_inputs
+from tamis.selectors.stat_core import TAU1, TAU2
+
+
+@dataclass
+class SkillTable:
+    """Training examples in pool order and their skills as CSR over codes into `names`."""
+
+    ids: list[str]
+    offsets: np.ndarray  # (n + 1,) int64
+    codes: np.ndarray  # int64 codes into names
+    names: list[str]
+    source: str
+
+
+@dataclass
+class Evaluation:
+    """The student's evaluation: which questions are difficult and the skill codes they miss
+    (one entry per difficult question and missing skill)."""
+
+    questions: int
+    difficult: int
+    missing_codes: np.ndarray  # codes into the SkillTable's names
+    difficult_without_skills: int
+    unknown_skills: dict[str, int] = field(default_factory=dict)  # name -> questions
+    source: str = ""
+
+
+def read_frame(path: str) -> pl.DataFrame:
+    """Parquet or JSONL files (a glob or list) as one polars frame, in file order."""
+    frames = []
+    for source in resolve_inputs(path):
+        if source.format == "parquet":
+            frames.append(pl.read_parquet(source.path))
+        elif source.format == "jsonl":
+            frames.append(pl.read_ndjson(source.path))
+        else:
+            raise InputError(f"{source.path}: expected Parquet or JSONL")
+    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+
+def _canonical(names: pl.Expr, aliases: dict[str, str]) -> pl.Expr:
+    stripped = names.str.strip_chars()
+    if not aliases:
+        return stripped
+    return stripped.replace(aliases)
+
+
+def skill_table(
+    frame: pl.DataFrame,
+    source: str,
+    skills_field: str = "skills",
+    id_field: str = "id",
+    aliases: dict[str, str] | None = None,
+) -> SkillTable:
+    """Skill lists of the training pool (null or empty lists: no skills)."""
+    for name in (id_field, skills_field):
+        if name not in frame.columns:
+            raise InputError(f"{source}: no {name!r} column (columns: {frame.columns})")
+    column = frame.get_column(skills_field)
+    if not isinstance(column.dtype, pl.List):
+        raise InputError(f"{source}: {skills_field!r} must be a list of skill names")
+    lists = column.fill_null([]).list.eval(_canonical(pl.element(), aliases or {}))
+    lengths = lists.list.len().to_numpy().astype(np.int64)
+    flat = lists.explode().drop_nulls()
+    names = sorted(flat.unique().to_list())
+    code_of = {name: i for i, name in enumerate(names)}
+    codes = flat.replace_strict(code_of, return_dtype=pl.Int64).to_numpy()
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = frame.get_column(id_field).cast(pl.String).to_list()
+    return SkillTable(ids, offsets, codes, names, source)
+
+
+def read_evaluation(
+    path: str,
+    names: list[str],
+    tau1: float = TAU1,
+    tau2: float = TAU2,
+    aliases: dict[str, str] | None = None,
+) -> Evaluation:
+    """Difficult questions and their missing skills from a JSONL/Parquet evaluation.
+
+    A row is a question with ``correct`` (bool) or ``rewards`` (per-step floats: difficult
+    when the last or the mean <= tau1, or an earlier one <= tau2) and ``missing_skills``.
+    """
+    frame = read_frame(path)
+    has_correct, has_rewards = "correct" in frame.columns, "rewards" in frame.columns
+    if not (has_correct or has_rewards):
+        raise InputError(f"{path}: each question needs 'correct' or 'rewards'")
+    if "missing_skills" not in frame.columns:
+        raise InputError(f"{path}: no 'missing_skills' column")
+    difficult = pl.lit(False)
+    if has_rewards:
+        rewards = pl.col("rewards").cast(pl.List(pl.Float64))
+        by_rewards = (
+            (rewards.list.last() <= tau1)
+            | (rewards.list.mean() <= tau1)
+            | (rewards.list.head(rewards.list.len() - 1).list.min() <= tau2)
+        ).fill_null(False)
+        difficult = difficult | by_rewards
+    if has_correct:
+        difficult = difficult | (pl.col("correct") == False).fill_null(False)  # noqa: E712
+    hard = frame.filter(difficult)
+    missing = hard.select(
+        pl.col("missing_skills")
+        .fill_null([])
+        .list.eval(_canonical(pl.element(), aliases or {}))
+        .list.unique()
+    ).get_column("missing_skills")
+    without = int((missing.list.len() == 0).sum())
+    flat = missing.explode().drop_nulls()
+    code_of = {name: i for i, name in enumerate(names)}
+    known = flat.is_in(names)
+    unknown = flat.filter(~known).value_counts(sort=True)
+    unknown_skills = dict(
+        zip(
+            unknown.get_column(flat.name).to_list(),
+            unknown.get_column("count").to_list(),
+            strict=True,
+        )
+    )
+    codes = flat.filter(known).replace_strict(code_of, return_dtype=pl.Int64).to_numpy()
+    return Evaluation(len(frame), len(hard), codes, without, unknown_skills, path)
