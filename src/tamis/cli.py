@@ -134,9 +134,28 @@ def _print_stream_summary(manifest: dict, output: str) -> None:
     print(f"  state (resume from it): {os.path.join(output, 'stream_state.json')}")
 
 
+def _print_stat_summary(manifest: dict, output: str) -> None:
+    c, info = manifest["counts"], manifest["info"]
+    print(
+        f"stat ({info['mode']}): {c['difficult']:,} of {c['questions']:,} questions difficult, "
+        f"{c['missing_skill_pairs']:,} missing-skill mentions; {c['examples_with_weight']:,} "
+        f"of {c['pool']:,} examples weighted, {c['selected']:,} in the subset"
+    )
+    missed = ", ".join(f"{skill} ({count})" for skill, count in info["most_missed"])
+    print(f"  most missed skills: {missed}")
+    if c["unknown_skills"]:
+        unknown = ", ".join(f"{s} ({n})" for s, n in list(c["unknown_skills"].items())[:5])
+        print(f"  missing skills no training example carries: {unknown}")
+    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
+    print(f"  profile: {os.path.join(output, 'missing_skill_profile.parquet')}")
+
+
 def _print_select_summary(manifest: dict, output: str) -> None:
     if manifest["selector"] == "stream_al":
         _print_stream_summary(manifest, output)
+        return
+    if manifest["selector"] == "stat":
+        _print_stat_summary(manifest, output)
         return
     c = manifest["counts"]
     print(

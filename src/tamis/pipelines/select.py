@@ -58,6 +58,7 @@ from tamis.selectors.base import (
     LABELED,
     PROBABILITIES,
     QUERY_EMBEDDINGS,
+    SKILLS,
     STREAM_ITEMS,
     Selection,
     SelectionInputs,
@@ -258,6 +259,10 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
         from tamis.pipelines.stream import run_stream_select
 
         return run_stream_select(config, selector, beam_args, started)
+    if SKILLS in selector.needs:
+        from tamis.pipelines.stat import run_stat_select
+
+        return run_stat_select(config, selector, started)
     inputs_origin: dict[str, Any] = {}
     ids, dim, pool_dir = None, None, None
     # The pool is the embeddings dir's, unless the selector works on probabilities alone.

@@ -3,4 +3,4 @@
 Importing this package registers the built-in selectors.
 """
 
-from tamis.selectors import coreset, random_baseline, rds, stream_al  # noqa: F401
+from tamis.selectors import coreset, random_baseline, rds, stat, stream_al  # noqa: F401

@@ -23,6 +23,7 @@ QUERY_EMBEDDINGS = "query_embeddings"
 PROBABILITIES = "probabilities"  # (N, C) class-probability vectors of the pool
 LABELED = "labeled"  # pool positions already labelled (from selection.params)
 STREAM_ITEMS = "stream_items"  # items in arrival order, decided one by one (stream_al)
+SKILLS = "skills"  # skill tags of the pool and the student's evaluation (stat)
 
 
 @dataclass

@@ -1,0 +1,135 @@
+"""`tamis select` with stat: profile, closed-form weights, sampled draws, composable pools."""
+
+import json
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from tamis.cli import main as tamis_main
+from tamis.config import ConfigError, config_from_dict
+from tamis.pipelines.select import run_select
+
+POOL = [
+    {"id": "p0", "text": "solve x + 1 = 2", "skills": ["algebra"]},
+    {"id": "p1", "text": "area of a right triangle", "skills": ["algebra", "geometry"]},
+    {"id": "p2", "text": "angles of a square", "skills": ["geometry"]},
+    {"id": "p3", "text": "count the subsets", "skills": ["counting"]},
+    {"id": "p4", "text": "a story", "skills": []},
+    {"id": "p5", "text": "solve 2x = 4", "skills": ["Algebra "]},  # a spelling variant
+]
+EVALUATION = [
+    {"id": "q1", "correct": False, "missing_skills": ["algebra"]},
+    {
+        "id": "q2",
+        "rewards": [0.9, 0.6, 0.95],
+        "missing_skills": ["algebra", "geometry", "topology"],
+    },
+    {"id": "q3", "correct": True, "missing_skills": ["counting"]},  # not difficult
+    {"id": "q4", "rewards": [0.9, 0.9, 0.9], "missing_skills": ["counting"]},  # not difficult
+    {"id": "q5", "correct": False, "missing_skills": []},  # difficult, adds nothing
+]
+
+
+@pytest.fixture()
+def stat_job(tmp_path):
+    write_jsonl(tmp_path / "pool.jsonl", POOL)
+    write_jsonl(tmp_path / "evaluation.jsonl", EVALUATION)
+
+    def job(**params):
+        return {
+            "pool": {"path": str(tmp_path / "pool.jsonl")},
+            "selection": {
+                "selector": "stat",
+                "budget": "100%",
+                "params": {
+                    "evaluation": str(tmp_path / "evaluation.jsonl"),
+                    "skill_aliases": {"Algebra": "algebra"},
+                    **params,
+                },
+                "join_records": True,
+                "output": str(tmp_path / "out"),
+            },
+        }
+
+    return tmp_path, job
+
+
+def read_subset(root) -> list[dict]:
+    return [json.loads(line) for line in (root / "out" / "subset.jsonl").read_text().splitlines()]
+
+
+def test_weights_mode_writes_the_profile_and_closed_form_weights(stat_job, capsys):
+    root, job = stat_job
+    (root / "job.yaml").write_text(yaml.safe_dump(job(k=3)))
+    assert tamis_main(["select", str(root / "job.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "most missed skills: algebra (2), geometry (1), topology (1)" in out
+    assert "no training example carries: topology (1)" in out
+    # c_algebra = 2 (q1, q2), c_geometry = 1 (q2); algebra: p0, p1, p5; geometry: p1, p2.
+    k = 3
+    expected = {"p0": 2 * k / 3, "p1": 2 * k / 3 + k / 2, "p2": k / 2, "p5": 2 * k / 3}
+    total = sum(expected.values())
+    subset = read_subset(root)
+    assert [r["id"] for r in subset] == ["p1", "p0", "p5", "p2"]  # heaviest first, ties by pool
+    for row in subset:
+        assert row["weight"] == pytest.approx(expected[row["id"]] / total)
+    assert subset[2]["skills"] == ["algebra"] and "text" in subset[0]
+    profile = pl.read_parquet(root / "out" / "missing_skill_profile.parquet")
+    assert profile.rows() == [
+        ("algebra", 2, 0.5, 3, pytest.approx(0.6)),
+        ("geometry", 1, 0.25, 2, pytest.approx(0.4)),
+        ("topology", 1, 0.25, 0, 0.0),  # the pool cannot teach it
+        ("counting", 0, 0.0, 1, 0.0),
+    ]
+    manifest = json.loads((root / "out" / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["difficult"] == 3 and c["difficult_without_missing_skills"] == 1
+    assert c["unknown_skills"] == {"topology": 1} and c["examples_with_weight"] == 4
+
+
+def test_mix_uniform_keeps_every_example(stat_job):
+    root, job = stat_job
+    run_select(config_from_dict(job(mix_uniform=0.3)))
+    subset = read_subset(root)
+    assert len(subset) == 6 and sum(r["weight"] for r in subset) == pytest.approx(1.0)
+    assert {r["id"]: r["weight"] for r in subset}["p4"] == pytest.approx(0.3 / 6)
+
+
+def test_sample_mode_draws_the_budget_reproducibly(stat_job):
+    root, job = stat_job
+    config = job(mode="sample")
+    config["selection"]["budget"] = 5000
+    run_select(config_from_dict(config))
+    first = read_subset(root)
+    assert sum(r["draws"] for r in first) == 5000
+    assert all(r["weight"] == r["draws"] for r in first)
+    # Only examples carrying a missing skill are drawn (frequencies vs weights: the core's
+    # convergence test; here the first stage's list has just 3 pairs x k = 9 entries).
+    assert {r["id"] for r in first} <= {"p0", "p1", "p2", "p5"}
+    run_select(config_from_dict(config))
+    assert read_subset(root) == first
+
+
+def test_a_previous_subset_can_be_the_pool(stat_job):
+    root, job = stat_job
+    first = job(mix_uniform=0.5)
+    first["selection"]["budget"] = 4
+    first["selection"]["output"] = str(root / "first")
+    run_select(config_from_dict(first))  # four examples, with their skills joined
+    second = job(pool_subset=str(root / "first"))
+    manifest = run_select(config_from_dict(second))
+    assert manifest["counts"]["pool"] == 4
+    assert {r["id"] for r in read_subset(root)} <= {r["id"] for r in POOL}
+
+
+def test_bad_stat_configs_fail_clearly(stat_job):
+    root, job = stat_job
+    no_eval = job()
+    del no_eval["selection"]["params"]["evaluation"]
+    with pytest.raises(ConfigError, match="stat needs the student's evaluation"):
+        run_select(config_from_dict(no_eval))
+    write_jsonl(root / "evaluation.jsonl", [{"id": "q", "correct": False, "missing_skills": ["x"]}])
+    with pytest.raises(ConfigError, match="no difficult question misses a skill"):
+        run_select(config_from_dict(job()))
