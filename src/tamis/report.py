@@ -310,6 +310,38 @@ def plot_score_histogram(
     return path
 
 
+SKILL_PROFILE = "missing_skill_profile.parquet"
+SKILLS_PNG = "skills.png"
+
+
+def plot_skill_profile(profile_path: str, path: str, top: int = 30) -> str:
+    """Bars of the most missed skills: their share of the missing-skill mentions next to
+    their share of the reweighted set's skill mass (STAT's profile)."""
+    import pyarrow.parquet as pq
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = pq.read_table(profile_path).to_pylist()[:top]
+    rows = [r for r in rows if r["missing_count"] > 0] or rows
+    names = [r["skill"] for r in rows][::-1]  # most missed at the top
+    missing = np.asarray([r["share"] for r in rows][::-1])
+    weight = np.asarray([r["weight_share"] for r in rows][::-1])
+    fig = Figure(figsize=(7, max(2.5, 0.3 * len(rows) + 1)), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    ax.barh(y + 0.2, missing, height=0.4, color="tab:red", label="share of missing mentions")
+    ax.barh(y - 0.2, weight, height=0.4, color="tab:blue", label="share of reweighted set")
+    ax.set_yticks(y, names, fontsize="small")
+    ax.set_xlabel("share")
+    ax.set_title(f"missing skills (top {len(rows)}) and their weight after STAT")
+    ax.legend(fontsize="small", loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
 def report(
     directory: str | os.PathLike[str], output_png: str | os.PathLike[str] | None = None
 ) -> tuple[str, str]:
@@ -328,4 +360,9 @@ def report(
     title = f"{summary['selector']}: scores of {scores.size:,} picks"
     png = output_png if output_png is not None else os.path.join(directory, DEFAULT_PNG)
     png = plot_score_histogram(scores, png, by_task, title=title)
-    return format_summary(summary), png
+    text = format_summary(summary)
+    profile = os.path.join(directory, SKILL_PROFILE)
+    if os.path.exists(profile):  # a stat subset: its Missing-Skill-Profile too
+        skills_png = plot_skill_profile(profile, os.path.join(os.path.dirname(png), SKILLS_PNG))
+        text += f"\n  skill profile: {skills_png}"
+    return text, png

@@ -133,3 +133,13 @@ def test_bad_stat_configs_fail_clearly(stat_job):
     write_jsonl(root / "evaluation.jsonl", [{"id": "q", "correct": False, "missing_skills": ["x"]}])
     with pytest.raises(ConfigError, match="no difficult question misses a skill"):
         run_select(config_from_dict(job()))
+
+
+def test_report_draws_the_skill_profile(stat_job, capsys):
+    root, job = stat_job
+    run_select(config_from_dict(job()))
+    assert tamis_main(["report", str(root / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "skill profile:" in out
+    png = root / "out" / "skills.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
