@@ -51,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     job_verb("run", "embed (skipping finished shards), then select when configured")
 
     data = verbs.add_parser("data", help="write a bundled example pool as JSONL")
-    data.add_argument("dataset", choices=["bbcnews"], help="which pool")
-    data.add_argument("output", help="output .jsonl path")
+    data.add_argument("dataset", choices=["bbcnews", "humaneval"], help="which pool")
+    data.add_argument(
+        "output", help="output .jsonl path (bbcnews) or directory (humaneval: STAT example)"
+    )
     data.add_argument(
         "--queries",
         default="",
@@ -240,6 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "data":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.dataset == "humaneval":
+            from tamis.data.humaneval import write_humaneval
+
+            counts = write_humaneval(args.output)
+            print(
+                f"wrote {counts['pool']} HumanEval problems with skill tags and a made-up "
+                f"evaluation of {counts['evaluation']} questions to {args.output}"
+            )
+            return 0
         from tamis.data.bbcnews import query_path, write_bbcnews
 
         topics = [t for t in args.queries.split(",") if t]

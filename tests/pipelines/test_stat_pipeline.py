@@ -77,11 +77,12 @@ def test_weights_mode_writes_the_profile_and_closed_form_weights(stat_job, capsy
         assert row["weight"] == pytest.approx(expected[row["id"]] / total)
     assert subset[2]["skills"] == ["algebra"] and "text" in subset[0]
     profile = pl.read_parquet(root / "out" / "missing_skill_profile.parquet")
+    # uniform_share: algebra 3, geometry 2, counting 1 of 6 (example, skill) pairs.
     assert profile.rows() == [
-        ("algebra", 2, 0.5, 3, pytest.approx(0.6)),
-        ("geometry", 1, 0.25, 2, pytest.approx(0.4)),
-        ("topology", 1, 0.25, 0, 0.0),  # the pool cannot teach it
-        ("counting", 0, 0.0, 1, 0.0),
+        ("algebra", 2, 0.5, 3, pytest.approx(0.6), 0.5),
+        ("geometry", 1, 0.25, 2, pytest.approx(0.4), pytest.approx(1 / 3)),
+        ("topology", 1, 0.25, 0, 0.0, 0.0),  # the pool cannot teach it
+        ("counting", 0, 0.0, 1, 0.0, pytest.approx(1 / 6)),
     ]
     manifest = json.loads((root / "out" / "manifest.json").read_text())
     c = manifest["counts"]
@@ -143,3 +144,26 @@ def test_report_draws_the_skill_profile(stat_job, capsys):
     assert "skill profile:" in out
     png = root / "out" / "skills.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_worked_example_runs_as_documented(tmp_path, capsys):
+    """configs/stat.yaml on `tamis data humaneval` (paths moved under tmp_path)."""
+    from pathlib import Path
+
+    config = Path(__file__).parents[2] / "configs" / "stat.yaml"
+    data = tmp_path / "humaneval"
+    assert tamis_main(["data", "humaneval", str(data)]) == 0
+    overrides = [
+        f"pool.path={data / 'humaneval_pool.jsonl'}",
+        f"selection.params.evaluation={data / 'humaneval_evaluation.jsonl'}",
+        f"selection.output={tmp_path / 'out'}",
+    ]
+    args = ["select", str(config)] + [a for o in overrides for a in ("--set", o)]
+    assert tamis_main(args) == 0
+    out = capsys.readouterr().out
+    assert "120 HumanEval problems" in out and "44 questions" in out
+    assert "most missed skills: number-theory" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["pool"] == 120 and manifest["counts"]["difficult"] > 0
+    rows = [json.loads(x) for x in (data / "humaneval_evaluation.jsonl").read_text().splitlines()]
+    assert all(r["note"].startswith("made-up student evaluation") for r in rows)

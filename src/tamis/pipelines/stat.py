@@ -4,7 +4,7 @@ Output directory: the subset files of every selector (``weight``, ``skills``, an
 mode ``draws``), plus ``missing_skill_profile.parquet``: per skill, how many difficult
 questions miss it (``missing_count``, ``share``), how many training examples carry it
 (``training_examples``; 0 for skills the pool cannot teach) and the share of the
-reweighted set's skill mass it gets (``weight_share``).
+reweighted set's skill mass it gets (``weight_share``; ``uniform_share`` before reweighting).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def profile_frame(
             "missing_count": counts.astype(np.int64),
             "training_examples": sizes.astype(np.int64),
             "weight_share": mass / mass.sum() if mass.sum() > 0 else np.zeros(len(sizes)),
+            "uniform_share": sizes / sizes.sum() if sizes.sum() > 0 else np.zeros(len(sizes)),
         }
     )
     unknown = pl.DataFrame(
@@ -69,13 +70,16 @@ def profile_frame(
             "missing_count": list(evaluation.unknown_skills.values()),
             "training_examples": [0] * len(evaluation.unknown_skills),
             "weight_share": [0.0] * len(evaluation.unknown_skills),
+            "uniform_share": [0.0] * len(evaluation.unknown_skills),
         },
         schema=rows.schema,
     )
     return (
         pl.concat([rows, unknown])
         .with_columns(share=pl.col("missing_count") / max(int(total_missing), 1))
-        .select("skill", "missing_count", "share", "training_examples", "weight_share")
+        .select(
+            "skill", "missing_count", "share", "training_examples", "weight_share", "uniform_share"
+        )
         .sort(["missing_count", "skill"], descending=[True, False])
     )
 
