@@ -43,8 +43,12 @@ def skill_map(offsets: np.ndarray, codes: np.ndarray, n_skills: int) -> SkillMap
     """Invert the examples' skill lists (a skill listed twice on one example counts once)."""
     n_examples = len(offsets) - 1
     example = np.repeat(np.arange(n_examples, dtype=np.int64), np.diff(offsets))
-    # One int64 key per (skill, example) pair: unique() sorts by skill, then example.
-    keys = np.unique(codes.astype(np.int64) * max(n_examples, 1) + example)
+    # One int64 key per (skill, example) pair, sorted (by skill, then example), repeats
+    # dropped. A sort and a neighbour test: np.unique's hash path (numpy >= 2.3) takes ~20 s
+    # on 15M nearly distinct keys, the sort 0.2 s.
+    keys = codes.astype(np.int64) * max(n_examples, 1) + example
+    keys.sort()
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
     skill, examples = np.divmod(keys, max(n_examples, 1))
     starts = np.zeros(n_skills + 1, dtype=np.int64)
     np.cumsum(np.bincount(skill, minlength=n_skills), out=starts[1:])
