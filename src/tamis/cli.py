@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     job_verb("select", "select a subset from finished embeddings with the configured selector")
     job_verb("run", "embed (skipping finished shards), then select when configured")
 
+    scaling = verbs.add_parser(
+        "scaling", help="data-filtering scaling laws: fit observations, plan the filter level"
+    )
+    scaling.add_argument("action", choices=["fit", "plan"], help="fit: fit.json; plan: plan.*")
+    scaling.add_argument("config", help="YAML with a scaling section (see configs/)")
+    scaling.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )  # fmt: skip
+
     data = verbs.add_parser("data", help="write a bundled example pool as JSONL")
     data.add_argument("dataset", choices=["bbcnews", "humaneval"], help="which pool")
     data.add_argument(
@@ -192,6 +202,27 @@ def _print_select_summary(manifest: dict, output: str) -> None:
     print(f"  manifest: {os.path.join(output, 'manifest.json')}")
 
 
+def _scaling(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tamis.pipelines.scaling import run_fit, run_plan
+
+    config = load_config(args.config, list(args.overrides))
+    output = str(config.scaling.output if config.scaling else "")
+    if args.action == "fit":
+        fit = run_fit(config)
+        print(f"fitted {len(fit['buckets'])} buckets ({fit['method']}): a={fit['a']:.4g}, "
+              f"d={fit['d']:.4g}, loss {fit['loss']:.3g}")  # fmt: skip
+        for name, b in sorted(fit["buckets"].items(), key=lambda kv: kv[1]["b"]):
+            print(f"  {name}: b={b['b']:.4f} tau={b['tau']:.3g} rmse={b['rmse']:.3g}")
+        print(f"  fit: {os.path.join(output, 'fit.json')}")
+        return 0
+    result = run_plan(config)
+    for point in result["frontier"]:
+        print(f"  {point['samples_seen']:.3g} samples seen: top {point['top_m']} "
+              f"(predicted error {point['predicted_error']:.4f})")  # fmt: skip
+    print(f"  plan: {os.path.join(output, 'plan.csv')} (and plan.json); plot: {result['png']}")
+    return 0
+
+
 def _select(args: argparse.Namespace, beam_args: list[str]) -> int:
     from tamis.pipelines.select import run_select
 
@@ -280,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     from tamis.pipelines.embed import OutputConflictError
     from tamis.records import BadRecordError, InputError
 
-    handlers = {"embed": _embed, "select": _select, "run": _run}
+    handlers = {"embed": _embed, "select": _select, "run": _run, "scaling": _scaling}
     try:
         return handlers[args.verb](args, rest)
     except (ConfigError, InputError, ModelLoadError, OutputConflictError, BadRecordError) as err:

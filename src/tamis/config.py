@@ -109,12 +109,33 @@ class RunnerConfig:
 
 
 @dataclass
+class ScalingFitConfig:
+    """Fix the shared scale a and/or floor d of the scaling law (else they are fitted)."""
+
+    a: float | None = None
+    d: float | None = None
+
+
+@dataclass
+class ScalingConfig:
+    """`tamis scaling fit|plan`: observations of small runs -> fit.json -> a filtering plan."""
+
+    observations: str | None = None  # CSV/Parquet/JSONL: bucket, samples_seen, error|accuracy
+    pool_size: int | float | str | None = None  # samples per bucket ("12.8M") without a column
+    fit: ScalingFitConfig = field(default_factory=ScalingFitConfig)
+    compute: list[int | float | str] = field(default_factory=list)  # budgets: 32M, 1.28B
+    z: float = 1e5
+    output: str | None = None  # fit.json, plan.csv, plan.json, plan.png
+
+
+@dataclass
 class Config:
     pool: PoolConfig | None = None
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     queries: dict[str, QuerySource] = field(default_factory=dict)
     selection: SelectionConfig | None = None
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    scaling: ScalingConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

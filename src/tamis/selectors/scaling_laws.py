@@ -122,7 +122,7 @@ def plan(
     rows = []
     for i, n_seen in enumerate(budgets):
         rows += [
-            PlanRow(float(n_seen), m + 1, order[: m + 1], float(errors[i, m]), m == best[i])
+            PlanRow(float(n_seen), m + 1, order[: m + 1], float(errors[i, m]), bool(m == best[i]))
             for m in range(len(order))
         ]
     return rows
