@@ -169,6 +169,15 @@ def _print_select_summary(manifest: dict, output: str) -> None:
     if manifest["selector"] == "stat":
         _print_stat_summary(manifest, output)
         return
+    if manifest["selector"] == "scaling_law":
+        c, info = manifest["counts"], manifest["info"]
+        print(
+            f"scaling_law at {info['compute']:.3g} samples seen: top {info['top_m']} buckets "
+            f"({', '.join(info['best_buckets'])}; predicted error "
+            f"{info['predicted_error']:.4f}); {c['selected']:,} of {c['pool']:,} items kept"
+        )
+        print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
+        return
     c = manifest["counts"]
     print(
         f"selected {c['selected']:,} of {c['candidates']:,} candidates with "

@@ -82,3 +82,45 @@ def test_accuracy_tables_too_few_points_and_counts(tmp_path):
     assert parse_count(12_800_000, "k") == 12.8e6 and parse_count("100k", "k") == 1e5
     with pytest.raises(ConfigError, match="scaling.compute\\[0\\]: expected a count like 32M"):
         parse_count("lots", "scaling.compute[0]")
+
+
+def test_scaling_law_selector_keeps_the_best_buckets(tmp_path, capsys):
+    from conftest import write_jsonl
+
+    fit_dir = tmp_path / "scaling"
+    config = ROOT / "configs" / "scaling_law.yaml"
+    observations = ROOT / "configs" / "data" / "scaling_observations.csv"
+    args = ["--set", f"scaling.output={fit_dir}", "--set", f"scaling.observations={observations}"]
+    assert tamis_main(["scaling", "fit", str(config), *args]) == 0
+    names = ["top0-10%", "top10-20%", "top20-30%", "top30-40%"]
+    pool = [
+        {"id": f"x{i}", "text": "t", "bucket": names[i % 4], "quality_score": float(-(i % 4))}
+        for i in range(40)
+    ]
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+
+    def job(compute, **selection):
+        return {
+            "pool": {"path": str(tmp_path / "pool.jsonl")},
+            "selection": {
+                "selector": "scaling_law",
+                "budget": "100%",
+                "params": {"fit": str(fit_dir / "fit.json"), "compute": compute},
+                "output": str(tmp_path / "out"),
+                **selection,
+            },
+        }
+
+    from tamis.pipelines.select import run_select
+
+    low = run_select(config_from_dict(job("32M")))
+    assert low["info"]["best_buckets"] == ["top0-10%"] and low["counts"]["selected"] == 10
+    high = run_select(config_from_dict(job("3.2B")))
+    assert high["info"]["top_m"] == 3 and high["counts"]["selected"] == 30
+    # Without a bucket column: quantiles of quality_score (highest = best bucket).
+    for row in pool:
+        del row["bucket"]
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+    by_score = run_select(config_from_dict(job("32M")))
+    rows = [json.loads(x) for x in (tmp_path / "out" / "subset.jsonl").read_text().splitlines()]
+    assert by_score["counts"]["selected"] == 10 and all(r["score"] == 0.0 for r in rows)

@@ -199,3 +199,58 @@ def plot_plan(fit: ScalingFit, budgets: list[float], frontier: list[dict], path:
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
+
+
+def run_scaling_select(config: Config, selector, started: float) -> dict:
+    """The pool items of the plan's best buckets at `params.compute` -> a subset dir."""
+    import time
+
+    from tamis.pipelines.select import finish_select
+    from tamis.selectors.base import parse_budget
+    from tamis.selectors.scaling_law import quantile_buckets
+    from tamis.skills import read_frame
+
+    selection_cfg = require(config.selection, "selection")
+    p = selector.params
+    fit = load_fit(require(p.fit, "selection.params.fit"))
+    samples_seen = parse_count(
+        require(p.compute, "selection.params.compute"), "selection.params.compute"
+    )
+    pool = require(config.pool, "pool")
+    frame = read_frame(pool.path)
+    id_field = pool.id_field
+    if id_field not in frame.columns:
+        raise InputError(f"{pool.path}: no {id_field!r} column")
+    ids = frame.get_column(id_field).cast(pl.String).to_list()
+    quality = None
+    if p.quality_field in frame.columns:
+        quality = frame.get_column(p.quality_field).cast(pl.Float64).to_numpy()
+    select_started = time.perf_counter()
+    keep, predicted = selector.best_buckets(fit, samples_seen)
+    if p.bucket_field in frame.columns:
+        buckets = frame.get_column(p.bucket_field).cast(pl.String).to_list()
+        unknown = sorted(set(buckets) - set(fit.buckets))
+        if unknown:
+            raise InputError(
+                f"{pool.path}: buckets {unknown[:5]} are not in the fit ({sorted(fit.buckets)})"
+            )
+    elif quality is not None:
+        order = sorted(fit.buckets, key=lambda name: (fit.buckets[name]["b"], name))
+        buckets = quantile_buckets(quality, order)
+    else:
+        raise ConfigError(
+            f"selection.params: the pool needs a {p.bucket_field!r} or {p.quality_field!r} column"
+        )
+    budget = parse_budget(selection_cfg.budget, len(ids))
+    selection = selector.select_buckets(ids, buckets, keep, quality, budget)
+    seconds = time.perf_counter() - select_started
+    selection.info = {
+        "compute": samples_seen,
+        "best_buckets": keep,
+        "top_m": len(keep),
+        "predicted_error": predicted,
+    }
+    counts = {"pool": len(ids), "in_best_buckets": sum(b in set(keep) for b in buckets),
+              "budget": budget, "selected": len(selection)}  # fmt: skip
+    origin = {"fit": p.fit, "pool": str(pool.path)}
+    return finish_select(config, selector, selection, counts, origin, seconds, started)

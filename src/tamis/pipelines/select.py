@@ -54,6 +54,7 @@ from tamis.records import (
     write_jsonl_atomic,
 )
 from tamis.selectors.base import (
+    BUCKETED_POOL,
     EMBEDDINGS,
     LABELED,
     PROBABILITIES,
@@ -263,6 +264,10 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
         from tamis.pipelines.stat import run_stat_select
 
         return run_stat_select(config, selector, started)
+    if BUCKETED_POOL in selector.needs:
+        from tamis.pipelines.scaling import run_scaling_select
+
+        return run_scaling_select(config, selector, started)
     inputs_origin: dict[str, Any] = {}
     ids, dim, pool_dir = None, None, None
     # The pool is the embeddings dir's, unless the selector works on probabilities alone.

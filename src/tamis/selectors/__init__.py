@@ -3,4 +3,11 @@
 Importing this package registers the built-in selectors.
 """
 
-from tamis.selectors import coreset, random_baseline, rds, stat, stream_al  # noqa: F401
+from tamis.selectors import (  # noqa: F401
+    coreset,
+    random_baseline,
+    rds,
+    scaling_law,
+    stat,
+    stream_al,
+)

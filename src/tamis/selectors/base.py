@@ -24,6 +24,7 @@ PROBABILITIES = "probabilities"  # (N, C) class-probability vectors of the pool
 LABELED = "labeled"  # pool positions already labelled (from selection.params)
 STREAM_ITEMS = "stream_items"  # items in arrival order, decided one by one (stream_al)
 SKILLS = "skills"  # skill tags of the pool and the student's evaluation (stat)
+BUCKETED_POOL = "bucketed_pool"  # pool rows with a quality bucket or score (scaling_law)
 
 
 @dataclass
