@@ -386,6 +386,31 @@ def write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def read_table_files(path: str | list[str]) -> Any:
+    """Parquet or JSONL files (a glob or list) as one Arrow table, in file order (the tables
+    of selector inputs: probabilities, stream items, skills)."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    tables = []
+    for source in resolve_inputs(path):
+        if source.format == "parquet":
+            with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                tables.append(pq.read_table(f))
+        elif source.format == "jsonl":
+            with FileSystems.open(source.path, compression_type=CompressionTypes.AUTO) as f:
+                try:
+                    tables.append(pajson.read_json(f))
+                except pa.ArrowInvalid as err:
+                    raise InputError(f"{source.path}: {err}") from None
+        else:
+            raise InputError(f"{source.path}: expected Parquet or JSONL")
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="default")
+
+
 def read_bytes(path: str) -> bytes:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()

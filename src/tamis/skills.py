@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from tamis.records import InputError, resolve_inputs
+from tamis.records import InputError, read_table_files
 from tamis.selectors.stat_core import TAU1, TAU2
 
 
@@ -43,15 +43,7 @@ class Evaluation:
 
 def read_frame(path: str) -> pl.DataFrame:
     """Parquet or JSONL files (a glob or list) as one polars frame, in file order."""
-    frames = []
-    for source in resolve_inputs(path):
-        if source.format == "parquet":
-            frames.append(pl.read_parquet(source.path))
-        elif source.format == "jsonl":
-            frames.append(pl.read_ndjson(source.path))
-        else:
-            raise InputError(f"{source.path}: expected Parquet or JSONL")
-    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    return pl.from_arrow(read_table_files(path))
 
 
 def _canonical(names: pl.Expr, aliases: dict[str, str]) -> pl.Expr:

@@ -7,18 +7,14 @@ file order. Items come from a Parquet or JSONL file, or the pool records' own fi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from tamis.probabilities import Kind, list_column, resolve_fields, to_probabilities
-from tamis.records import InputError, resolve_inputs
+from tamis.records import InputError
 
 
 @dataclass
@@ -36,29 +32,6 @@ class StreamItems:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def read_item_table(path: str) -> pa.Table:
-    """Parquet or JSONL files (glob or list) as one Arrow table, in file order."""
-    tables = []
-    for source in resolve_inputs(path):
-        if source.format == "parquet":
-            with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                tables.append(pq.read_table(f))
-        elif source.format == "jsonl":
-            rows = []
-            with FileSystems.open(source.path, compression_type=CompressionTypes.AUTO) as stream:
-                for number, line in enumerate(iter(stream.readline, b""), start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise InputError(f"{source.path}:{number}: malformed JSON: {err}") from None
-            tables.append(pa.Table.from_pylist(rows))
-        else:
-            raise InputError(f"{source.path}: stream items must be Parquet or JSONL")
-    return pa.concat_tables(tables, promote_options="default")
 
 
 def stream_items(

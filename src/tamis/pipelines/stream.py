@@ -34,14 +34,17 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.timestamp import Timestamp
 
 from tamis.config import Config, require
-from tamis.records import atomic_write, iter_pool_records, read_json, write_json_atomic
-from tamis.selectors.stream_al import (
-    StreamALSelector,
-    budget_fraction,
-    selection_from_decisions,
+from tamis.records import (
+    atomic_write,
+    iter_pool_records,
+    read_json,
+    read_table_files,
+    write_json_atomic,
 )
+from tamis.selectors.base import budget_fraction
+from tamis.selectors.stream_al import StreamALSelector, selection_from_decisions
 from tamis.selectors.stream_budget import StreamDecider, StreamDecisions
-from tamis.stream_items import StreamItems, read_item_table, stream_items, table_from_records
+from tamis.stream_items import StreamItems, stream_items, table_from_records
 
 DECISIONS = "decisions.parquet"
 STATE = "stream_state.json"
@@ -51,7 +54,7 @@ def load_stream_items(config: Config, params: Any) -> StreamItems:
     """The stream's items from `params.items`, else from the pool records' fields."""
     id_field = config.pool.id_field if config.pool is not None else "id"
     if params.items is not None:
-        table, source = read_item_table(params.items), params.items
+        table, source = read_table_files(params.items), params.items
     else:
         pool = require(config.pool, "pool")
         fields = (r.fields for r in iter_pool_records(pool, keep_fields=True))

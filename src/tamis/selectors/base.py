@@ -139,6 +139,25 @@ def parse_budget(budget: int | float | str, pool_size: int) -> int:
     return count
 
 
+def budget_fraction(budget: int | float | str) -> float:
+    """B from `selection.budget`: "5%" or 0.05 (a stream has no size to count against)."""
+    if isinstance(budget, str):
+        match = _PERCENT.match(budget)
+        if not match:
+            raise ConfigError(f"selection.budget: expected a fraction or 'N%', got {budget!r}")
+        fraction = float(match[1]) / 100
+    elif isinstance(budget, float):
+        fraction = budget
+    else:
+        raise ConfigError(
+            f"selection.budget: stream_al spends a fraction of the stream, e.g. '5%' or 0.05; "
+            f"got the count {budget!r}"
+        )
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"selection.budget: a fraction must be in (0, 1], got {budget!r}")
+    return fraction
+
+
 def ids_at(ids: Sequence[str] | pa.Array, index: np.ndarray) -> list[str]:
     """The ids at these pool positions, as Python strings."""
     if isinstance(ids, pa.Array | pa.ChunkedArray):

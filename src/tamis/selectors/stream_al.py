@@ -8,7 +8,6 @@ and every decision to ``decisions.parquet``.
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,7 +15,13 @@ from typing import Any, Literal
 import numpy as np
 
 from tamis.config import ConfigError
-from tamis.selectors.base import STREAM_ITEMS, Selection, SelectionInputs, Selector, register
+from tamis.selectors.base import (
+    STREAM_ITEMS,
+    Selection,
+    SelectionInputs,
+    Selector,
+    register,
+)
 from tamis.selectors.stream_budget import StreamDecider, StreamDecisions
 from tamis.stream_items import StreamItems
 
@@ -29,26 +34,6 @@ Strategy = Literal[
     "biqf",
     "dbal",
 ]
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-
-def budget_fraction(budget: int | float | str) -> float:
-    """B from `selection.budget`: "5%" or 0.05 (a stream has no size to count against)."""
-    if isinstance(budget, str):
-        match = _PERCENT.match(budget)
-        if not match:
-            raise ConfigError(f"selection.budget: expected a fraction or 'N%', got {budget!r}")
-        fraction = float(match[1]) / 100
-    elif isinstance(budget, float):
-        fraction = budget
-    else:
-        raise ConfigError(
-            f"selection.budget: stream_al spends a fraction of the stream, e.g. '5%' or 0.05; "
-            f"got the count {budget!r}"
-        )
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"selection.budget: a fraction must be in (0, 1], got {budget!r}")
-    return fraction
 
 
 def stream_seed(seed: int, key: str | None) -> int | list[int]:
