@@ -99,6 +99,24 @@ def to_probabilities(
     return probs.astype(np.float32)
 
 
+def checked_probabilities(
+    columns: dict[str, np.ndarray],
+    fields: Sequence[str],
+    kind: Kind,
+    temperature: float,
+    blend_weight: float,
+    row_names: Sequence[str],
+    where: str,
+) -> np.ndarray:
+    """`to_probabilities` for an input file: a bad row is an InputError naming `where`."""
+    try:
+        return to_probabilities(
+            columns, fields, kind, temperature, blend_weight, row_names, f"{where}: "
+        )
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def _row_name(row: int, row_names: Sequence[str] | None) -> str:
     return f"row {row} (id {row_names[row]!r})" if row_names is not None else f"row {row}"
 
@@ -177,10 +195,7 @@ def read_probability_table(
         for name, values in file_columns.items():
             columns.setdefault(name, []).append(values)
     joined = {name: _stack(parts, name, path) for name, parts in columns.items()}
-    try:
-        probs = to_probabilities(joined, fields, kind, temperature, blend_weight, ids, f"{path}: ")
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    probs = checked_probabilities(joined, fields, kind, temperature, blend_weight, ids, path)
     _check_unique(ids, path)
     return ProbabilityTable(ids, probs, fields, path)
 
@@ -212,12 +227,7 @@ def probabilities_from_rows(
     if not ids:
         raise InputError(f"{source}: no records")
     joined = {name: _stack_lists(values, name, ids, source) for name, values in vectors.items()}
-    try:
-        probs = to_probabilities(
-            joined, fields, kind, temperature, blend_weight, ids, f"{source}: "
-        )
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    probs = checked_probabilities(joined, fields, kind, temperature, blend_weight, ids, source)
     _check_unique(ids, source)
     return ProbabilityTable(ids, probs, fields, source)
 

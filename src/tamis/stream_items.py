@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tamis.probabilities import Kind, list_column, resolve_fields, to_probabilities
+from tamis.probabilities import Kind, checked_probabilities, list_column, resolve_fields
 from tamis.records import InputError
 
 
@@ -76,12 +76,9 @@ def stream_items(
         except KeyError as err:
             raise InputError(f"{source}: {err.args[0]}; or set utility_field") from None
         columns = {f: list_column(table.column(f), f, ids_in_file, source) for f in fields}
-        try:
-            probs = to_probabilities(
-                columns, fields, kind, temperature, blend_weight, ids_in_file, f"{source}: "
-            )
-        except ValueError as err:
-            raise InputError(str(err)) from None
+        probs = checked_probabilities(
+            columns, fields, kind, temperature, blend_weight, ids_in_file, source
+        )
         probabilities = probs[position]
     if embedding_field is not None:
         if embedding_field not in names:

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from tamis.config import ConfigError
+from tamis.probabilities import Kind
 from tamis.selectors.base import (
     EMBEDDINGS,
     LABELED,
@@ -119,7 +120,7 @@ class PCoreSetSelector(_KCenterSelector):
         # A list of two names blends two heads: (1 - blend_weight) p_1 + blend_weight p_2.
         field: str | list[str] = "auto"
         # probs: rows summing to 1; logits: softmax(z / temperature); auto: by field name.
-        kind: Literal["auto", "probs", "logits"] = "auto"
+        kind: Kind = "auto"
         temperature: float = 1.0
         blend_weight: float = 0.5
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from tamis.config import ConfigError
+from tamis.probabilities import Kind
 from tamis.selectors.base import (
     STREAM_ITEMS,
     Selection,
@@ -22,18 +23,8 @@ from tamis.selectors.base import (
     Selector,
     register,
 )
-from tamis.selectors.stream_budget import StreamDecider, StreamDecisions
+from tamis.selectors.stream_budget import Strategy, StreamDecider, StreamDecisions
 from tamis.stream_items import StreamItems
-
-Strategy = Literal[
-    "random",
-    "fixed_uncertainty",
-    "variable_uncertainty",
-    "randomized_variable_uncertainty",
-    "split",
-    "biqf",
-    "dbal",
-]
 
 
 def stream_seed(seed: int, key: str | None) -> int | list[int]:
@@ -63,7 +54,7 @@ class StreamALSelector(Selector):
         items: str | None = None
         utility_field: str | None = None  # a column holding the utility (higher: query)
         field: str | list[str] = "auto"  # probability column(s), as for pcoreset
-        kind: Literal["auto", "probs", "logits"] = "auto"
+        kind: Kind = "auto"
         temperature: float = 1.0
         blend_weight: float = 0.5
         embedding_field: str = "embedding"  # dbal's item vectors

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numba import njit
 
-STRATEGIES = (
+Strategy = Literal[
     "random",
     "fixed_uncertainty",
     "variable_uncertainty",
@@ -48,7 +48,8 @@ STRATEGIES = (
     "split",
     "biqf",
     "dbal",
-)
+]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 _ZLIOBAITE_MODE = {
     "random": 0,
     "fixed_uncertainty": 1,
