@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -97,6 +98,32 @@ def machine() -> dict[str, Any]:
     except ImportError:  # torch is optional for the benches that do not need it
         pass
     return {"cpus": os.cpu_count(), "gpu": gpu}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b to one decimal, or None when either side did not run."""
+    return round(a / b, 1) if a is not None and b else None
+
+
+def write_side_result(name: str, work: Path, result: dict[str, Any]) -> None:
+    """Child process of a side: add the thread pools it ran with, write WORK/NAME.json."""
+    result["threads"] = blas_info()
+    (work / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def run_side_process(
+    script: str, name: str, work: Path, flags: dict[str, Any], env: dict[str, str]
+) -> tuple[dict[str, Any], tuple[float, ...], tuple[float, ...]]:
+    """Run ``script --side NAME --work WORK --flag value ...`` in a fresh interpreter (so its
+    peak RSS is its own); return the result it wrote and the load averages around it."""
+    command = [sys.executable, script, "--side", name, "--work", str(work)]
+    for flag, value in flags.items():
+        command += [f"--{flag.replace('_', '-')}", str(value)]
+    before = os.getloadavg()
+    subprocess.run(command, env=env, check=True)
+    after = os.getloadavg()
+    result = json.loads((work / f"{name}.json").read_text(encoding="utf-8"))
+    return result, before, after
 
 
 def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,12 +55,14 @@ import numpy as np
 
 from benchlib import (
     RESULTS_DIR,
-    blas_info,
     peak_rss_mib,
+    ratio,
+    run_side_process,
     thread_env,
     timed,
     timing_result,
     write_results,
+    write_side_result,
 )
 
 BENCH = "coreset"
@@ -248,21 +249,18 @@ def run_side(name: str, args: argparse.Namespace, work: Path) -> None:
 
     import tamis.selectors.coreset  # noqa: F401
 
-    result = SIDES[name](args, work)
-    result["threads"] = blas_info()
-    (work / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+    write_side_result(name, work, SIDES[name](args, work))
 
 
 def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--side", name, "--work", str(work)]
-    for flag in ("n", "picks", "labeled", "classes", "subsample", "repeats", "threads", "seed"):
-        command += [f"--{flag}", str(getattr(args, flag))]
+    flags = ("n", "picks", "labeled", "classes", "subsample", "repeats", "threads", "seed")
     print(f"  {name} ...", flush=True)
-    before = os.getloadavg()[0]
-    subprocess.run(command, env=thread_env(args.threads), check=True)
-    result = json.loads((work / f"{name}.json").read_text(encoding="utf-8"))
+    result, before, after = run_side_process(
+        str(Path(__file__).resolve()), name, work,
+        {flag: getattr(args, flag) for flag in flags}, thread_env(args.threads),
+    )  # fmt: skip
     # Other work on the machine slows the 2-thread loops badly: note it per side.
-    result["loadavg_1min_before_after"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+    result["loadavg_1min_before_after"] = [round(before[0], 2), round(after[0], 2)]
     print(
         f"  {name}: {result['median_s']:.2f}s, peak RSS {result['peak_rss_mib']:.0f} MiB "
         f"({result['rss_above_baseline_mib']:.0f} above baseline)",
@@ -358,10 +356,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(SIDE_ORDER)}")
     return args
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 1) if a is not None and b else None
 
 
 def main(argv: list[str] | None = None) -> int:

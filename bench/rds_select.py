@@ -47,7 +47,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,16 @@ from typing import Any
 
 import numpy as np
 
-from benchlib import blas_info, med, peak_rss_mib, thread_env, timed, timing_result, write_results
+from benchlib import (
+    med,
+    peak_rss_mib,
+    run_side_process,
+    thread_env,
+    timed,
+    timing_result,
+    write_results,
+    write_side_result,
+)
 
 BENCH = "rds_select"
 DIM = 384
@@ -429,44 +437,17 @@ def run_side(name: str, args: argparse.Namespace, work: Path) -> None:
     # Imports every side may need, before its baseline RSS is read.
     import tamis.embeddings.store  # noqa: F401
 
-    result = SIDES[name](args, work)
-    result["threads"] = blas_info()
-    (work / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+    write_side_result(name, work, SIDES[name](args, work))
 
 
 def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    env = thread_env(args.threads)
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--side",
-        name,
-        "--work",
-        str(work),
-        "--n",
-        str(args.n),
-        "--budget",
-        str(args.budget),
-        "--repeats",
-        str(args.repeats),
-        "--repeats-a",
-        str(args.repeats_a),
-        "--threads",
-        str(args.threads),
-        "--seed",
-        str(args.seed),
-        "--data-dir",
-        str(args.data_dir),
-        "--ivf-factory",
-        args.ivf_factory,
-        "--nprobe",
-        str(args.nprobe),
-        "--train-size",
-        str(args.train_size),
-    ]
+    flags = ("n", "budget", "repeats", "repeats_a", "threads", "seed", "data_dir",
+             "ivf_factory", "nprobe", "train_size")  # fmt: skip
     print(f"  {name} ...", flush=True)
-    subprocess.run(command, env=env, check=True)
-    result = json.loads((work / f"{name}.json").read_text(encoding="utf-8"))
+    result, _, _ = run_side_process(
+        str(Path(__file__).resolve()), name, work,
+        {flag: getattr(args, flag) for flag in flags}, thread_env(args.threads),
+    )  # fmt: skip
     print(
         f"  {name}: {result['median_s']:.2f}s, peak RSS {result['peak_rss_mib']:.0f} MiB "
         f"({result['rss_above_baseline_mib']:.0f} above baseline)",

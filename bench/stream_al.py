@@ -48,7 +48,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -59,13 +58,15 @@ import numpy as np
 
 from benchlib import (
     RESULTS_DIR,
-    blas_info,
     med,
     peak_rss_mib,
+    ratio,
+    run_side_process,
     thread_env,
     timed,
     timing_result,
     write_results,
+    write_side_result,
 )
 
 BENCH = "stream_al"
@@ -261,24 +262,19 @@ def run_side(name: str, args: argparse.Namespace, work: Path) -> None:
 
     import tamis.selectors.stream_budget  # noqa: F401
 
-    result = SIDES[name](args, work)
-    result["threads"] = blas_info()
-    (work / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+    write_side_result(name, work, SIDES[name](args, work))
 
 
 def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--side", name, "--work", str(work)]
-    for flag in ("n", "prefix", "chunk", "budget", "repeats", "ref_repeats", "threads", "seed"):
-        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    flags = ("n", "prefix", "chunk", "budget", "repeats", "ref_repeats", "threads", "seed")
     env = thread_env(args.threads)
     if name.startswith("tamis") and args.numba_cache == "fresh":
         # An empty cache per side: the warm-up call is a real compile, not a cache load.
         env["NUMBA_CACHE_DIR"] = str(work / f"numba_cache_{name}")
     print(f"  {name} ...", flush=True)
-    before = os.getloadavg()
-    subprocess.run(command, env=env, check=True)
-    after = os.getloadavg()
-    result = json.loads((work / f"{name}.json").read_text(encoding="utf-8"))
+    result, before, after = run_side_process(
+        str(Path(__file__).resolve()), name, work, {f: getattr(args, f) for f in flags}, env
+    )
     # Other work on the machine slows the loops: note it per side.
     result["loadavg_before_after"] = [
         [round(x, 2) for x in before],
@@ -364,10 +360,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(SIDE_ORDER)}")
     return args
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 1) if a is not None and b else None
 
 
 def main(argv: list[str] | None = None) -> int:
