@@ -141,7 +141,6 @@ def _print_stream_summary(manifest: dict, output: str) -> None:
     )
     for key, k in c.get("per_stream_key", {}).items():
         print(f"  {key}: {k['queried']:,} of {k['items']:,}")
-    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
     print(f"  decisions: {os.path.join(output, 'decisions.parquet')}")
     print(f"  state (resume from it): {os.path.join(output, 'stream_state.json')}")
 
@@ -158,26 +157,49 @@ def _print_stat_summary(manifest: dict, output: str) -> None:
     if c["unknown_skills"]:
         unknown = ", ".join(f"{s} ({n})" for s, n in list(c["unknown_skills"].items())[:5])
         print(f"  missing skills no training example carries: {unknown}")
-    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
     print(f"  profile: {os.path.join(output, 'missing_skill_profile.parquet')}")
 
 
+def _print_scaling_law_summary(manifest: dict, output: str) -> None:
+    c, info = manifest["counts"], manifest["info"]
+    print(
+        f"scaling_law at {info['compute']:.3g} samples seen: top {info['top_m']} buckets "
+        f"({', '.join(info['best_buckets'])}; predicted error "
+        f"{info['predicted_error']:.4f}); {c['selected']:,} of {c['pool']:,} items kept"
+    )
+
+
+def _print_cet_summary(manifest: dict, output: str) -> None:
+    c, info = manifest["counts"], manifest["info"]
+    print(
+        f"cet ({info['method']}): mined {c['candidates']:,} candidates for {c['queries']:,} "
+        f"queries ({c['labelled_candidates']:,} labelled) in {info['seconds']['mine']:.1f} s, "
+        f"estimated in {info['seconds']['estimate']:.1f} s"
+    )
+    print(
+        f"  expected false negatives among the unlabelled: "
+        f"{info['expected_false_negatives']:,.0f} of {c['unlabelled_candidates']:,}; "
+        f"{c['excluded']:,} excluded, {c['kept_negatives']:,} hard negatives kept"
+    )
+    if "warning" in info:
+        print(f"  note: {info['warning']}")
+    print(f"  candidates: {os.path.join(output, 'candidates.parquet')}")
+    print(f"  review queue: {os.path.join(output, 'review_queue.parquet')} ({c['review_queue']:,})")
+
+
 def _print_select_summary(manifest: dict, output: str) -> None:
-    if manifest["selector"] == "stream_al":
-        _print_stream_summary(manifest, output)
-        return
-    if manifest["selector"] == "stat":
-        _print_stat_summary(manifest, output)
-        return
-    if manifest["selector"] == "scaling_law":
-        c, info = manifest["counts"], manifest["info"]
-        print(
-            f"scaling_law at {info['compute']:.3g} samples seen: top {info['top_m']} buckets "
-            f"({', '.join(info['best_buckets'])}; predicted error "
-            f"{info['predicted_error']:.4f}); {c['selected']:,} of {c['pool']:,} items kept"
-        )
-        print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
-        return
+    printers = {
+        "stream_al": _print_stream_summary,
+        "stat": _print_stat_summary,
+        "scaling_law": _print_scaling_law_summary,
+        "cet": _print_cet_summary,
+    }
+    printers.get(manifest["selector"], _print_ranked_summary)(manifest, output)
+    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
+    print(f"  manifest: {os.path.join(output, 'manifest.json')}")
+
+
+def _print_ranked_summary(manifest: dict, output: str) -> None:
     c = manifest["counts"]
     print(
         f"selected {c['selected']:,} of {c['candidates']:,} candidates with "
@@ -207,8 +229,6 @@ def _print_select_summary(manifest: dict, output: str) -> None:
             f"{radius(info['coverage_radius_after'])} after "
             f"({c.get('labeled', 0):,} labelled before)"
         )
-    print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
-    print(f"  manifest: {os.path.join(output, 'manifest.json')}")
 
 
 def _scaling(args: argparse.Namespace, beam_args: list[str]) -> int:

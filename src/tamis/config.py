@@ -71,7 +71,9 @@ class QuerySource:
 @dataclass
 class SelectionConfig:
     selector: str
-    budget: int | float | str
+    # A count, a fraction or "N%" (every selector but cet, which keeps
+    # params.negatives_per_query per query).
+    budget: int | float | str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     join_records: bool = False
     seed: int = 0
@@ -299,6 +301,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"runner.num_workers: must be >= 1, got {config.runner.num_workers}")
     if config.pool is not None and not config.pool.path:
         raise ConfigError("pool.path: must name at least one file, glob or directory")
+    selection = config.selection
+    if selection is not None and selection.budget is None and selection.selector != "cet":
+        raise ConfigError("selection.budget: required key missing")
     for name, source in config.queries.items():
         if (source.path is None) == (source.embeddings is None):
             raise ConfigError(f"queries.{name}: give exactly one of 'path' or 'embeddings'")

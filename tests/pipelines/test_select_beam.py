@@ -1,28 +1,13 @@
 """The distributed RDS+ (Beam workers score shards) gives the local selector's subset."""
 
-import json
-
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_embeddings_dir
 from tamis.config import RunnerConfig
 from tamis.embeddings.store import read_ids
-from tamis.pipelines.embed import shard_table
 from tamis.pipelines.select_beam import rds_on_beam
 from tamis.selectors.base import SelectionInputs, make_selector
-
-
-def write_embeddings_dir(path, vectors, shard):
-    """A finished embeddings dir of the embed pipeline's layout, from given vectors."""
-    path.mkdir()
-    for part, start in enumerate(range(0, len(vectors), shard)):
-        block = vectors[start : start + shard]
-        ids = [f"item-{i}" for i in range(start, start + len(block))]
-        table = shard_table(ids, block, np.ones(len(block), np.int32), {})
-        pq.write_table(table, path / f"part-{part:05d}.parquet")
-    (path / "manifest.json").write_text(json.dumps({"model": {"dim": vectors.shape[1]}}))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ from tamis.selectors.base import (
     LABELED,
     PROBABILITIES,
     QUERY_EMBEDDINGS,
+    RETRIEVAL,
     SKILLS,
     STREAM_ITEMS,
     Selection,
@@ -76,10 +77,11 @@ MANIFEST = "manifest.json"
 
 def query_embeddings(
     config: Config, task: str, source: QuerySource, work_dir: str
-) -> tuple[np.ndarray, dict]:
-    """One task's query vectors: read from an embeddings dir, or embedded like the pool."""
+) -> tuple[list[str], np.ndarray, dict]:
+    """One task's query ids and vectors: read from an embeddings dir, or embedded like the
+    pool; and where they came from."""
     if source.embeddings is not None:
-        _, vectors = read_embeddings(source.embeddings)
+        ids, vectors = read_embeddings(source.embeddings)
         manifest = embeddings_manifest(source.embeddings)
         origin = {"embeddings": source.embeddings, "fingerprint": manifest.get("fingerprint")}
         where = source.embeddings
@@ -93,7 +95,7 @@ def query_embeddings(
         output = FileSystems.join(work_dir, "queries", task)
         query_config.embedding.output = output
         manifest = run_embed(query_config, progress=False, overwrite=True)
-        _, vectors = read_embeddings(output)
+        ids, vectors = read_embeddings(output)
         origin = {
             "path": source.path,
             "embeddings": output,
@@ -104,7 +106,7 @@ def query_embeddings(
     if len(vectors) == 0:
         raise ConfigError(f"queries.{task}: no valid query records in {where}")
     origin["queries"] = len(vectors)
-    return vectors, origin
+    return ids, vectors, origin
 
 
 def duplicate_positions(config: Config, ids: pa.Array) -> np.ndarray:
@@ -164,8 +166,12 @@ def write_subset(output: str, rows: list[dict]) -> None:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     atomic_write(FileSystems.join(output, SUBSET_PARQUET), buffer.getvalue())
-    # Strict JSON has no NaN or infinity (e.g. the coverage radius of a first pick made with
-    # no labelled set): those become null in JSONL; Parquet keeps them.
+    write_rows_jsonl(FileSystems.join(output, SUBSET_JSONL), rows)
+
+
+def write_rows_jsonl(path: str, rows: list[dict]) -> None:
+    """Rows as JSON lines. Strict JSON has no NaN or infinity (e.g. the coverage radius of a
+    first pick made with no labelled set): those become null here; Parquet keeps them."""
     lines = [
         json.dumps(
             {
@@ -177,7 +183,7 @@ def write_subset(output: str, rows: list[dict]) -> None:
         )
         for row in rows
     ]
-    write_jsonl_atomic(FileSystems.join(output, SUBSET_JSONL), lines)
+    write_jsonl_atomic(path, lines)
 
 
 def _rds_on_beam(config, selector, inputs, budget, pool_dir, output, beam_args) -> Selection:
@@ -264,6 +270,10 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
         from tamis.pipelines.stat import run_stat_select
 
         return run_stat_select(config, selector, started)
+    if RETRIEVAL in selector.needs:
+        from tamis.pipelines.cet import run_cet_select
+
+        return run_cet_select(config, selector, beam_args, started)
     if BUCKETED_POOL in selector.needs:
         from tamis.pipelines.scaling import run_scaling_select
 
@@ -305,7 +315,7 @@ def run_select(config: Config, beam_args: list[str] | None = None) -> dict:
         if not config.queries:
             raise ConfigError(f"queries: selector {selector.name!r} needs target-task queries")
         for task, source in config.queries.items():
-            vectors, query_origins[task] = query_embeddings(config, task, source, output)
+            _, vectors, query_origins[task] = query_embeddings(config, task, source, output)
             if vectors.shape[1] != dim:
                 raise ConfigError(
                     f"queries.{task}: query dimension {vectors.shape[1]} does not match the "

@@ -4,6 +4,7 @@ Importing this package registers the built-in selectors.
 """
 
 from tamis.selectors import (  # noqa: F401
+    cet,
     coreset,
     random_baseline,
     rds,

@@ -25,6 +25,7 @@ LABELED = "labeled"  # pool positions already labelled (from selection.params)
 STREAM_ITEMS = "stream_items"  # items in arrival order, decided one by one (stream_al)
 SKILLS = "skills"  # skill tags of the pool and the student's evaluation (stat)
 BUCKETED_POOL = "bucketed_pool"  # pool rows with a quality bucket or score (scaling_law)
+RETRIEVAL = "retrieval"  # queries, qrels and a corpus to mine candidates from (cet)
 
 
 @dataclass
@@ -117,8 +118,10 @@ def make_selector(name: str, params: dict[str, Any]) -> Selector:
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
-def parse_budget(budget: int | float | str, pool_size: int) -> int:
+def parse_budget(budget: int | float | str | None, pool_size: int) -> int:
     """A count, a fraction in (0, 1] or a percentage string ("10%") -> a count <= pool size."""
+    if budget is None:
+        raise ConfigError("selection.budget: required (a count, a fraction or 'N%')")
     if isinstance(budget, str):
         match = _PERCENT.match(budget)
         if not match:
@@ -139,8 +142,10 @@ def parse_budget(budget: int | float | str, pool_size: int) -> int:
     return count
 
 
-def budget_fraction(budget: int | float | str) -> float:
+def budget_fraction(budget: int | float | str | None) -> float:
     """B from `selection.budget`: "5%" or 0.05 (a stream has no size to count against)."""
+    if budget is None:
+        raise ConfigError("selection.budget: required (the share of the stream, e.g. '5%')")
     if isinstance(budget, str):
         match = _PERCENT.match(budget)
         if not match:

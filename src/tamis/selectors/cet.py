@@ -1,0 +1,302 @@
+"""`cet`: hard negatives with pooling-bias correction (ALGORITHMS.md, CET; Cai et al. 2022).
+
+Mined candidates (query, document, rank, score) are either labelled relevant (qrels) or
+not. Unlabelled ones are mostly true (hard) negatives, but some are relevant documents the
+annotators never saw, because only the pool-building retrievers' top results were judged.
+This module turns candidate arrays into, per candidate:
+
+- ``p_relevant``: P(relevant) (1 for labelled candidates),
+- ``p_selected``: the selection propensity e (P(judged | relevant)),
+- ``p_false_negative``: P(relevant | unlabelled) = f (1 - e) / (1 - f e) (0 for labelled and
+  for judged-not-relevant candidates),
+- ``negative_weight``: 1 - p_false_negative (``complement``), or CET's inverse propensity
+  1 / (1 - e) normalised to mean 1 over each query's unlabelled candidates
+  (``inverse_propensity``); 0 for labelled candidates,
+- ``exclude``: p_false_negative above ``exclude_above`` (a likely false negative).
+
+Two methods: ``em`` (selected-at-random PU EM, logistic f and e; calibrated) and ``cet``
+(the reference's coupled reweighted updates of two scorers; their scores are then
+calibrated by the same EM with each model's score as its only feature, because CET's
+pairwise losses leave the scores without a probability scale).
+
+Everything here is arrays in, arrays out; pipelines/cet.py mines and writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from tamis.config import ConfigError
+from tamis.selectors.base import RETRIEVAL, Selection, SelectionInputs, Selector, register
+from tamis.selectors.cet_core import fit_coupled, fit_sar_em, sar_probabilities
+
+RELEVANCE_FEATURES = ("score", "log_rank", "score_gap")
+
+
+@dataclass
+class CandidateArrays:
+    """One row per (query, candidate) as mined, plus what the labels say about it."""
+
+    query: np.ndarray  # int64 query row
+    rank: np.ndarray  # int32, 1-based rank in the mining retriever
+    score: np.ndarray  # float32 similarity
+    labelled: np.ndarray  # bool: a qrels positive
+    judged: np.ndarray | None = None  # bool: in the judged pool (None: not known)
+    provenance_ranks: np.ndarray | None = None  # (n, R) int32, 0 where not ranked
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+@dataclass
+class CetEstimate:
+    p_relevant: np.ndarray
+    p_selected: np.ndarray
+    p_false_negative: np.ndarray
+    negative_weight: np.ndarray
+    exclude: np.ndarray
+    known_negative: np.ndarray
+    info: dict
+
+
+def relevance_feature_matrix(candidates: CandidateArrays, names: list[str]) -> np.ndarray:
+    """Features of the relevance model f: what the mining retriever says about the pair."""
+    columns = []
+    for name in names:
+        if name == "score":
+            columns.append(candidates.score.astype(np.float64))
+        elif name == "log_rank":
+            columns.append(np.log(candidates.rank.astype(np.float64)))
+        elif name == "score_gap":  # distance below the query's best candidate
+            best = np.full(int(candidates.query.max()) + 1, -np.inf)
+            np.maximum.at(best, candidates.query, candidates.score.astype(np.float64))
+            columns.append(candidates.score - best[candidates.query])
+        else:
+            known = ", ".join(RELEVANCE_FEATURES)
+            raise ConfigError(
+                f"selection.params.relevance_features: unknown feature {name!r}; known: {known}"
+            )
+    return np.stack(columns, axis=1)
+
+
+def selection_feature_matrix(candidates: CandidateArrays) -> tuple[np.ndarray | None, list[str]]:
+    """Features of the selection model e: the pool-building retrievers' reciprocal ranks
+    (0 where a retriever did not rank the candidate) and the judged indicator. None when
+    there is no provenance at all (e is then a constant)."""
+    columns, names = [], []
+    if candidates.provenance_ranks is not None:
+        ranks = candidates.provenance_ranks.astype(np.float64)
+        for j in range(ranks.shape[1]):
+            columns.append(np.where(ranks[:, j] > 0, 1.0 / np.maximum(ranks[:, j], 1), 0.0))
+            names.append(f"reciprocal_rank_{j}")
+    if candidates.judged is not None:
+        columns.append(candidates.judged.astype(np.float64))
+        names.append("judged")
+    if not columns:
+        return None, []
+    return np.stack(columns, axis=1), names
+
+
+def fit_sample_rows(query: np.ndarray, size: int, seed: int) -> np.ndarray | None:
+    """Rows of a seeded sample of whole queries with about `size` candidates in all (None:
+    there are no more than `size` candidates, fit on all)."""
+    if len(query) <= size:
+        return None
+    n_queries = int(query.max()) + 1
+    chosen = np.random.default_rng(seed).random(n_queries) < size / len(query)
+    return np.flatnonzero(chosen[query])
+
+
+def per_query_mean_one(values: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`values` scaled so their mean over each query's `mask` rows is 1 (0 elsewhere)."""
+    n_queries = int(query.max()) + 1 if len(query) else 0
+    total = np.bincount(query[mask], weights=values[mask], minlength=n_queries)
+    count = np.bincount(query[mask], minlength=n_queries)
+    scale = np.where(total > 0, count / np.where(total > 0, total, 1), 0.0)
+    return np.where(mask, values * scale[query], 0.0)
+
+
+@register
+class CetSelector(Selector):
+    name = "cet"
+    needs = frozenset({RETRIEVAL})
+
+    @dataclass
+    class Params:
+        qrels: str | None = None  # Parquet/JSONL: query_id, doc_id[, relevance]
+        # Ranked lists of the retrievers that built the judged pool:
+        # query_id, doc_id, retriever, rank (1-based).
+        provenance: str | None = None
+        judged: str | None = None  # Parquet/JSONL of judged (query_id, doc_id) pairs
+        judged_depth: int | None = None  # provenance ranks <= this were judged
+        min_relevance: float = 1.0  # qrels rows below this are judged not relevant
+        k: int = 100  # candidates mined per query
+        method: Literal["em", "cet"] = "em"
+        relevance_features: list[str] = field(default_factory=lambda: ["score", "log_rank"])
+        negative_weight: Literal["complement", "inverse_propensity"] = "complement"
+        exclude_above: float = 0.5
+        negatives_per_query: int = 8
+        review_size: int = 1000
+        drop_query_itself: bool = True  # a query that is a corpus document is not its own hit
+        index: str = "Flat"  # FAISS factory string for mining
+        nprobe: int | None = None
+        device: Literal["auto", "cpu", "gpu"] = "auto"
+        batch_size: int = 4096  # queries per FAISS search call
+        iterations: int = 50  # EM iterations
+        # Fit the models on a seeded sample of whole queries holding about this many
+        # candidates (all of them when there are fewer); every candidate is then scored.
+        fit_sample: int = 500_000
+        tau: float = 10.0  # CET temperature
+        steps: int = 300  # CET joint update steps
+        learning_rate: float = 0.05
+
+    def validate(self) -> None:
+        p = self.params
+        if p.qrels is None:
+            raise ConfigError("selection.params.qrels: cet needs the labelled positives")
+        for key in ("k", "negatives_per_query", "batch_size", "iterations", "steps", "fit_sample"):
+            if getattr(p, key) < 1:
+                raise ConfigError(f"selection.params.{key}: must be >= 1, got {getattr(p, key)}")
+        if p.review_size < 0:
+            raise ConfigError(f"selection.params.review_size: must be >= 0, got {p.review_size}")
+        if not 0 <= p.exclude_above <= 1:
+            raise ConfigError(
+                f"selection.params.exclude_above: must be in [0, 1], got {p.exclude_above}"
+            )
+        if p.judged_depth is not None and p.provenance is None:
+            raise ConfigError("selection.params.judged_depth: needs provenance (ranked lists)")
+        if p.tau <= 0:
+            raise ConfigError(f"selection.params.tau: must be > 0, got {p.tau}")
+        if not p.relevance_features:
+            raise ConfigError("selection.params.relevance_features: name at least one")
+        for name in p.relevance_features:
+            if name not in RELEVANCE_FEATURES:
+                raise ConfigError(
+                    f"selection.params.relevance_features: unknown feature {name!r}; "
+                    f"known: {', '.join(RELEVANCE_FEATURES)}"
+                )
+
+    def estimate(
+        self,
+        candidates: CandidateArrays,
+        known_negative: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> CetEstimate:
+        """Relevance, propensity and false-negative probability of every candidate."""
+        p = self.params
+        if len(candidates) == 0:
+            raise ConfigError("selection.params.qrels: no candidates were mined")
+        labelled = candidates.labelled
+        known = np.zeros(len(candidates), bool) if known_negative is None else known_negative
+        if candidates.judged is not None:
+            # Judged and not labelled relevant: judged not relevant.
+            known = known | (candidates.judged & ~labelled)
+        if not labelled.any():
+            raise ConfigError(
+                "selection.params.qrels: no labelled positive is among the mined candidates "
+                f"(top {p.k}); check that qrels ids match the query and corpus ids"
+            )
+        x_relevance = relevance_feature_matrix(candidates, p.relevance_features)
+        x_selection, selection_names = selection_feature_matrix(candidates)
+        info: dict = {
+            "method": p.method,
+            "relevance_features": list(p.relevance_features),
+            "selection_features": selection_names,
+        }
+        # The models have a handful of coefficients: a sample of whole queries pins them
+        # down; every candidate is then scored with them (one pass).
+        rows = fit_sample_rows(candidates.query, p.fit_sample, seed)
+        info["fit_candidates"] = len(candidates) if rows is None else len(rows)
+
+        def fit_part(values: np.ndarray | None) -> np.ndarray | None:
+            return values if rows is None or values is None else values[rows]
+
+        if p.method == "cet":
+            if x_selection is None:
+                raise ConfigError(
+                    "selection.params.method: cet needs provenance or judged pairs for its "
+                    "selection model; use method: em (constant propensity) without them"
+                )
+            coupled = fit_coupled(
+                fit_part(labelled), fit_part(candidates.query), fit_part(x_relevance),
+                fit_part(x_selection), tau=p.tau, steps=p.steps,
+                learning_rate=p.learning_rate, seed=seed,
+            )  # fmt: skip
+            info["cet"] = {
+                "pairs": coupled.pairs,
+                "relevance_coef": coupled.relevance_coef.tolist(),
+                "selection_coef": coupled.selection_coef.tolist(),
+                "tau": p.tau,
+                "steps": p.steps,
+            }
+            x_relevance = coupled.relevance(x_relevance)
+            x_selection = coupled.selection(x_selection)
+        fit = fit_sar_em(
+            fit_part(labelled), fit_part(x_relevance), fit_part(x_selection),
+            iterations=p.iterations, known_negative=fit_part(known),
+        )  # fmt: skip
+        p_relevant, p_selected, p_fn = sar_probabilities(
+            fit.relevance_coef, fit.selection_coef, fit.constant_propensity,
+            x_relevance, x_selection, labelled, known,
+        )  # fmt: skip
+        info.update(
+            constant_propensity=fit.constant_propensity,
+            em_iterations=fit.iterations,
+            relevance_coef=fit.relevance_coef.tolist(),
+            selection_coef=fit.selection_coef.tolist(),
+        )
+        if fit.constant_propensity:
+            info["warning"] = (
+                "no provenance or judged pairs: the selection propensity is one constant "
+                "(the labelled share of the expected relevant candidates); p_false_negative "
+                "then rests on that assumption"
+            )
+        unlabelled = ~labelled
+        if p.negative_weight == "complement":
+            weight = np.where(unlabelled, 1.0 - p_fn, 0.0)
+        else:
+            inverse = 1.0 / np.maximum(1.0 - p_selected, 1e-6)
+            weight = per_query_mean_one(inverse, candidates.query, unlabelled)
+        exclude = unlabelled & (p_fn > p.exclude_above)
+        info.update(
+            expected_false_negatives=float(p_fn.sum()),
+            excluded=int(exclude.sum()),
+            known_negatives=int(known.sum()),
+        )
+        return CetEstimate(
+            p_relevant=p_relevant,
+            p_selected=p_selected,
+            p_false_negative=p_fn,
+            negative_weight=weight,
+            exclude=exclude,
+            known_negative=known,
+            info=info,
+        )
+
+    def kept_negatives(self, candidates: CandidateArrays, estimate: CetEstimate) -> np.ndarray:
+        """Candidate rows of the hard negatives kept: per query, the best-ranked unlabelled
+        candidates not excluded, at most `negatives_per_query`, in query then rank order."""
+        keep = ~candidates.labelled & ~estimate.exclude
+        rows = np.flatnonzero(keep)
+        rows = rows[np.lexsort((candidates.rank[rows], candidates.query[rows]))]
+        query = candidates.query[rows]
+        first_of_query = np.r_[0, np.flatnonzero(np.diff(query)) + 1]
+        position_in_query = np.arange(len(rows)) - np.repeat(
+            first_of_query, np.diff(np.r_[first_of_query, len(rows)])
+        )
+        return rows[position_in_query < self.params.negatives_per_query]
+
+    def review_queue(self, candidates: CandidateArrays, estimate: CetEstimate) -> np.ndarray:
+        """Candidate rows most likely to be false negatives, most likely first (ties: query,
+        then rank), for annotators."""
+        rows = np.flatnonzero(~candidates.labelled & ~estimate.known_negative)
+        order = np.lexsort(
+            (candidates.rank[rows], candidates.query[rows], -estimate.p_false_negative[rows])
+        )
+        return rows[order][: self.params.review_size]
+
+    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
+        raise ConfigError("cet runs through `tamis select` (see pipelines.cet)")

@@ -1,0 +1,170 @@
+"""The cet selector on candidates whose truth is known: calibration, ranking, outputs."""
+
+import numpy as np
+import pytest
+
+from tamis.config import ConfigError
+from tamis.selectors.base import make_selector
+from tamis.selectors.cet import CandidateArrays, per_query_mean_one, relevance_feature_matrix
+from tamis.selectors.cet_core import auc, reliability_error
+
+
+def pooled_candidates(n_queries: int = 500, k: int = 100, depth: int = 10, seed: int = 0):
+    """Per query k mined candidates with retriever score x; latent relevance
+    r ~ logistic(5x - 3); two weaker pool-building retrievers rank the same candidates by
+    0.8x + noise and their top `depth` were judged, so a candidate is labelled iff relevant
+    and in either top `depth`."""
+    rng = np.random.default_rng(seed)
+    n = n_queries * k
+    query = np.repeat(np.arange(n_queries), k)
+    x = rng.normal(size=n)
+    relevant = rng.random(n) < 1 / (1 + np.exp(-(5 * x - 3)))
+
+    def ranks_by(values):
+        order = np.lexsort((-values, query))
+        ranks = np.empty(n, np.int32)
+        ranks[order] = np.tile(np.arange(1, k + 1), n_queries)
+        return ranks
+
+    provenance = np.stack([ranks_by(0.8 * x + rng.normal(size=n)) for _ in range(2)], axis=1)
+    judged = (provenance <= depth).any(axis=1)
+    candidates = CandidateArrays(
+        query=query,
+        rank=ranks_by(x),
+        score=x.astype(np.float32),
+        labelled=relevant & judged,
+        provenance_ranks=provenance,
+    )
+    return candidates, relevant, judged
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return pooled_candidates()
+
+
+def cet(**params):
+    return make_selector("cet", {"qrels": "unused.jsonl", **params})
+
+
+@pytest.mark.parametrize("method", ["em", "cet"])
+def test_false_negative_probability_is_calibrated_and_ranks(pool, method):
+    candidates, relevant, _ = pool
+    assert len(candidates) == 50_000
+    estimate = cet(method=method).estimate(candidates)
+    unlabelled = ~candidates.labelled
+    truth = relevant[unlabelled]  # relevant but unlabelled: a false negative
+    p_fn = estimate.p_false_negative[unlabelled]
+    assert 0.1 < truth.mean() < 0.3
+    assert reliability_error(p_fn, truth) < 0.05
+    assert auc(p_fn, truth) >= 0.9
+    # The naive reading (every unlabelled candidate is a true negative) is far off.
+    assert reliability_error(np.zeros_like(p_fn), truth) > 0.15
+    assert (estimate.p_false_negative[candidates.labelled] == 0).all()
+    assert not estimate.info["constant_propensity"]
+    # Judged-pool candidates get a high propensity, the rest a low one.
+    in_pool = (candidates.provenance_ranks <= 10).any(axis=1)
+    assert estimate.p_selected[in_pool].mean() > 3 * estimate.p_selected[~in_pool].mean()
+
+
+def test_judged_but_unlabelled_candidates_are_known_negatives(pool):
+    candidates, relevant, judged = pool
+    with_judged = CandidateArrays(**{**vars(candidates), "judged": judged})
+    estimate = cet().estimate(with_judged)
+    known = judged & ~candidates.labelled
+    assert (estimate.known_negative == known).all()
+    assert (estimate.p_false_negative[known] == 0).all()
+    unlabelled = ~candidates.labelled
+    assert reliability_error(estimate.p_false_negative[unlabelled], relevant[unlabelled]) < 0.05
+
+
+def test_without_provenance_the_propensity_is_constant_and_said(pool):
+    candidates, relevant, _ = pool
+    bare = CandidateArrays(candidates.query, candidates.rank, candidates.score, candidates.labelled)
+    estimate = cet().estimate(bare)
+    assert estimate.info["constant_propensity"] and "constant" in estimate.info["warning"]
+    assert np.ptp(estimate.p_selected) == 0
+    unlabelled = ~candidates.labelled
+    # Still ranks by the retriever's score, but the level rests on the assumption.
+    assert auc(estimate.p_false_negative[unlabelled], relevant[unlabelled]) >= 0.9
+    with pytest.raises(ConfigError, match="cet needs provenance"):
+        cet(method="cet").estimate(bare)
+
+
+def test_negative_weights_exclusion_kept_negatives_and_review_queue(pool):
+    candidates, _, _ = pool
+    selector = cet(negatives_per_query=5, review_size=300, exclude_above=0.3)
+    estimate = selector.estimate(candidates)
+    unlabelled = ~candidates.labelled
+    np.testing.assert_allclose(
+        estimate.negative_weight, np.where(unlabelled, 1 - estimate.p_false_negative, 0)
+    )
+    assert (estimate.exclude == (unlabelled & (estimate.p_false_negative > 0.3))).all()
+    kept = selector.kept_negatives(candidates, estimate)
+    # Brute force: per query, the best-ranked unlabelled, not excluded, at most 5.
+    expected = []
+    for q in range(500):
+        rows = np.flatnonzero((candidates.query == q) & unlabelled & ~estimate.exclude)
+        expected += rows[np.argsort(candidates.rank[rows])][:5].tolist()
+    assert kept.tolist() == expected
+    review = selector.review_queue(candidates, estimate)
+    assert len(review) == 300 and not candidates.labelled[review].any()
+    p = estimate.p_false_negative[review]
+    assert (np.diff(p) <= 0).all()
+    assert p[-1] >= np.sort(estimate.p_false_negative[unlabelled])[-300]
+
+    inverse = cet(negative_weight="inverse_propensity").estimate(candidates)
+    w = inverse.negative_weight
+    assert (w[candidates.labelled] == 0).all()
+    means = np.bincount(candidates.query[unlabelled], weights=w[unlabelled]) / np.bincount(
+        candidates.query[unlabelled]
+    )
+    np.testing.assert_allclose(means, 1.0)
+    # Within a query the weight follows 1 / (1 - e).
+    q0 = np.flatnonzero((candidates.query == 0) & unlabelled)
+    ratio = w[q0] * (1 - inverse.p_selected[q0])
+    np.testing.assert_allclose(ratio, ratio[0])
+
+
+def test_relevance_features_against_a_loop():
+    candidates = CandidateArrays(
+        query=np.array([0, 0, 1, 1, 1]),
+        rank=np.array([1, 2, 1, 2, 3], np.int32),
+        score=np.array([0.9, 0.5, 0.3, 0.2, -0.1], np.float32),
+        labelled=np.array([1, 0, 0, 1, 0], bool),
+    )
+    x = relevance_feature_matrix(candidates, ["score", "log_rank", "score_gap"])
+    np.testing.assert_allclose(x[:, 1], np.log([1, 2, 1, 2, 3]))
+    np.testing.assert_allclose(x[:, 2], [0, -0.4, 0, -0.1, -0.4], atol=1e-6)
+    values = np.array([1.0, 3.0, 2.0, 2.0, 5.0])
+    mask = np.array([0, 1, 1, 0, 1], bool)
+    np.testing.assert_allclose(per_query_mean_one(values, candidates.query, mask),
+                               [0, 1, 2 / 3.5, 0, 5 / 3.5])  # fmt: skip
+
+
+def test_parameter_errors_name_the_key():
+    with pytest.raises(ConfigError, match="selection.params.relevance_features: unknown"):
+        cet(relevance_features=["bm25"]).validate()
+    with pytest.raises(ConfigError, match="selection.params.qrels"):
+        make_selector("cet", {}).validate()
+    with pytest.raises(ConfigError, match="selection.params.judged_depth: needs provenance"):
+        cet(judged_depth=10).validate()
+    with pytest.raises(ConfigError, match="selection.params.exclude_above"):
+        cet(exclude_above=2).validate()
+    candidates, _, _ = pooled_candidates(20, 10)
+    nothing = CandidateArrays(**{**vars(candidates), "labelled": np.zeros(200, bool)})
+    with pytest.raises(ConfigError, match="no labelled positive is among the mined"):
+        cet().estimate(nothing)
+
+
+@pytest.mark.parametrize("method", ["em", "cet"])
+def test_fitting_on_a_sample_of_queries_scores_every_candidate_alike(pool, method):
+    candidates, relevant, _ = pool
+    full = cet(method=method).estimate(candidates)
+    sampled = cet(method=method, fit_sample=10_000).estimate(candidates, seed=3)
+    assert 8_000 < sampled.info["fit_candidates"] < 12_000
+    assert full.info["fit_candidates"] == 50_000
+    assert np.abs(sampled.p_false_negative - full.p_false_negative).mean() < 0.02
+    unlabelled = ~candidates.labelled
+    truth = relevant[unlabelled]
+    assert reliability_error(sampled.p_false_negative[unlabelled], truth) < 0.05
