@@ -61,10 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     data = verbs.add_parser("data", help="write a bundled example pool as JSONL")
-    data.add_argument("dataset", choices=["bbcnews", "humaneval"], help="which pool")
     data.add_argument(
-        "output", help="output .jsonl path (bbcnews) or directory (humaneval: STAT example)"
+        "dataset", choices=["bbcnews", "bbcnews-judged", "humaneval"], help="which pool"
     )
+    data.add_argument(
+        "output",
+        help="output .jsonl path (bbcnews) or directory (humaneval: STAT example; "
+        "bbcnews-judged: qrels and provenance of a pooled judgement, the CET example)",
+    )
+    data.add_argument(
+        "--embeddings",
+        metavar="DIR",
+        help="bbcnews-judged: the embedded BBC pool (its ids and the truncated-embedding "
+        "retriever)",
+    )
+    data.add_argument("--judged-depth", type=int, default=10, help="bbcnews-judged: top-k judged")
     data.add_argument(
         "--queries",
         default="",
@@ -309,6 +320,21 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"wrote {counts['pool']} HumanEval problems with skill tags and a made-up "
                 f"evaluation of {counts['evaluation']} questions to {args.output}"
+            )
+            return 0
+        if args.dataset == "bbcnews-judged":
+            if not args.embeddings:
+                parser.error("data bbcnews-judged needs --embeddings DIR (run tamis embed first)")
+            from tamis.data.pooled_judgements import write_judged_pool
+
+            stats = write_judged_pool(args.output, args.embeddings, args.judged_depth)
+            print(
+                f"wrote qrels.parquet ({stats['qrels']:,} judged relevant pairs) and "
+                f"provenance.parquet (TF-IDF and truncated-embedding rankings) to {args.output}"
+            )
+            print(
+                f"  {stats['judged_per_query']} judged per query, {stats['relevant_per_query']} "
+                f"relevant: the rest of each topic is unlabelled (false negatives to find)"
             )
             return 0
         from tamis.data.bbcnews import query_path, write_bbcnews

@@ -65,8 +65,13 @@ def test_em_is_calibrated_and_ranks_false_negatives_first():
 def test_without_provenance_a_constant_propensity_is_used_and_said():
     x, _, r, labelled = synthetic_pool(20_000, seed=2)
     fit = fit_sar_em(labelled, x, None)
-    assert fit.constant_propensity and np.ptp(fit.p_selected) == 0
-    assert 0 < fit.p_selected[0] < 1
+    assert fit.constant_propensity and np.ptp(fit.p_selected) == 0 and fit.converged
+    # Estimated once (Elkan-Noto), not refitted: refitting runs it to the degenerate 1.
+    true_share = labelled.sum() / r.sum()
+    assert 0.3 < fit.p_selected[0] < 0.9 and abs(fit.p_selected[0] - true_share) < 0.2
+    unlabelled = ~labelled
+    p_fn, truth = fit.p_false_negative[unlabelled], r[unlabelled]
+    assert reliability_error(p_fn, truth) < reliability_error(np.zeros_like(p_fn), truth) / 2
     with pytest.raises(ValueError, match="no labelled positives"):
         fit_sar_em(np.zeros(10, bool), np.arange(10.0), None)
 

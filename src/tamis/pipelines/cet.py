@@ -396,6 +396,7 @@ def run_cet_select(
         known_negatives=int(estimate.known_negative.sum()),
         excluded=int(estimate.exclude.sum()),
         kept_negatives=len(kept),
+        queries_without_kept_negatives=len(query_ids) - len(np.unique(mined.query[kept])),
         review_queue=len(review),
         queries_with_a_labelled_candidate=int(len(np.unique(mined.query[candidates.labelled]))),
     )

@@ -145,7 +145,7 @@ class CetSelector(Selector):
         nprobe: int | None = None
         device: Literal["auto", "cpu", "gpu"] = "auto"
         batch_size: int = 4096  # queries per FAISS search call
-        iterations: int = 50  # EM iterations
+        iterations: int = 200  # EM iterations at most (stops when no posterior moves 1e-4)
         # Fit the models on a seeded sample of whole queries holding about this many
         # candidates (all of them when there are fewer); every candidate is then scored.
         fit_sample: int = 500_000
@@ -245,15 +245,24 @@ class CetSelector(Selector):
         info.update(
             constant_propensity=fit.constant_propensity,
             em_iterations=fit.iterations,
+            em_converged=fit.converged,
             relevance_coef=fit.relevance_coef.tolist(),
             selection_coef=fit.selection_coef.tolist(),
         )
-        if fit.constant_propensity:
-            info["warning"] = (
-                "no provenance or judged pairs: the selection propensity is one constant "
-                "(the labelled share of the expected relevant candidates); p_false_negative "
-                "then rests on that assumption"
+        warnings = []
+        if not fit.converged:
+            warnings.append(
+                f"the EM stopped at its cap of {p.iterations} iterations before converging; "
+                "raise selection.params.iterations"
             )
+        if fit.constant_propensity:
+            warnings.append(
+                "no provenance or judged pairs: the selection propensity is one constant "
+                "(Elkan-Noto: labelling completely at random); p_false_negative rests on "
+                "that assumption"
+            )
+        if warnings:
+            info["warning"] = "; ".join(warnings)
         unlabelled = ~labelled
         if p.negative_weight == "complement":
             weight = np.where(unlabelled, 1.0 - p_fn, 0.0)

@@ -87,6 +87,7 @@ class PoolingBiasFit:
     relevance_coef: np.ndarray
     selection_coef: np.ndarray
     iterations: int
+    converged: bool  # False: stopped at the iteration cap
     constant_propensity: bool
 
 
@@ -122,15 +123,20 @@ def fit_sar_em(
     labelled: np.ndarray,
     relevance_features: np.ndarray,
     selection_features: np.ndarray | None,
-    iterations: int = 50,
+    iterations: int = 200,
     tol: float = 1e-4,
     known_negative: np.ndarray | None = None,
     l2: float = 1e-4,
     newton_steps: int = 3,
 ) -> PoolingBiasFit:
-    """EM for o = r s with logistic f and e. Without selection features, e is a constant
-    propensity: the labelled share of the candidates the relevance model calls relevant
-    (identifiable only through that assumption; `constant_propensity` says so).
+    """EM for o = r s with logistic f and e, until no posterior moves by `tol`.
+
+    Without selection features, e is a constant propensity c, estimated once as Elkan and
+    Noto (2008) do: the mean over labelled candidates of the naive classifier's
+    P(labelled | x) (exact when labelling is completely at random). It stays fixed: refitted
+    inside the EM it would run to the degenerate c = 1 (every unlabelled one negative), the
+    likelihood's maximum when nothing separates selection from relevance.
+    `constant_propensity` says the result rests on that assumption.
 
     `known_negative` marks candidates judged not relevant (e.g. qrels with relevance 0):
     their posterior is 0, not the model's. Each M-step takes at most `newton_steps`
@@ -155,20 +161,16 @@ def fit_sar_em(
     # naive relevance model and an even propensity give the first posterior.
     beta_r = _logistic_fit(design_r, o, ones, l2, None, 25)
     beta_s = None
-    e = np.full(n, 0.5)
-    posterior = np.where(
-        fixed, fixed_value, false_negative_posterior(_sigmoid(beta_r @ design_r), e)
-    )
-    iteration = 0
+    naive = _sigmoid(beta_r @ design_r)
+    e = np.full(n, float(naive[o == 1].mean()) if constant else 0.5)
+    posterior = np.where(fixed, fixed_value, false_negative_posterior(naive, e))
+    iteration, converged = 0, False
     for iteration in range(1, iterations + 1):  # noqa: B007  (reported below)
         # M-step, relevance: soft labels r = posterior (1 for labelled).
         beta_r = _logistic_fit(design_r, posterior, ones, l2, beta_r, newton_steps)
         f = _sigmoid(beta_r @ design_r)
         # M-step, selection: among (expected) relevant candidates, was it labelled?
-        if constant:
-            share = o.sum() / max(posterior.sum(), 1e-12)
-            e = np.full(n, min(share, 1 - 1e-9))
-        else:
+        if not constant:
             beta_s = _logistic_fit(design_s, o, posterior, l2, beta_s, newton_steps)
             e = _sigmoid(beta_s @ design_s)
         # E-step: unlabelled candidates' posterior of being relevant.
@@ -176,6 +178,7 @@ def fit_sar_em(
         change = float(np.abs(updated - posterior).max())
         posterior = updated
         if change < tol:
+            converged = True
             break
     p_fn = np.where(o == 1, 0.0, posterior)
     return PoolingBiasFit(
@@ -185,6 +188,7 @@ def fit_sar_em(
         relevance_coef=beta_r,
         selection_coef=beta_s if beta_s is not None else np.array([e[0]]),
         iterations=iteration,
+        converged=converged,
         constant_propensity=constant,
     )
 
