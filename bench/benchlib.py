@@ -100,9 +100,9 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "gpu": gpu}
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    """a / b to one decimal, or None when either side did not run."""
-    return round(a / b, 1) if a is not None and b else None
+def ratio(a: float | None, b: float | None, digits: int = 1) -> float | None:
+    """a / b rounded to `digits` decimals, or None when either side did not run."""
+    return round(a / b, digits) if a is not None and b else None
 
 
 def write_side_result(name: str, work: Path, result: dict[str, Any]) -> None:

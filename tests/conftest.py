@@ -75,18 +75,7 @@ def embed_config(pool_path, output, **embedding):
 
 def write_embeddings_dir(path: Path, vectors, shard: int, ids: list[str] | None = None) -> str:
     """A finished embeddings dir of the embed pipeline's layout, from given vectors."""
-    import numpy as np
-    import pyarrow.parquet as pq
+    from tamis.pipelines.embed import write_vectors_dir
 
-    from tamis.pipelines.embed import shard_table
-
-    path.mkdir()
     ids = [f"item-{i}" for i in range(len(vectors))] if ids is None else ids
-    for part, start in enumerate(range(0, len(vectors), shard)):
-        block = vectors[start : start + shard]
-        table = shard_table(
-            ids[start : start + len(block)], block, np.ones(len(block), np.int32), {}
-        )
-        pq.write_table(table, path / f"part-{part:05d}.parquet")
-    (path / "manifest.json").write_text(json.dumps({"model": {"dim": vectors.shape[1]}}))
-    return str(path)
+    return write_vectors_dir(str(path), ids, vectors, shard)

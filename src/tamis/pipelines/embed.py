@@ -125,6 +125,28 @@ def shard_parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+def write_vectors_dir(
+    directory: str, ids: list[str], vectors: np.ndarray, shard_size: int = 5000
+) -> str:
+    """Vectors computed elsewhere as a finished embeddings dir (parts in the layout above and
+    a manifest with the dimension), readable by every selector; returns the directory."""
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+    if not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+    for part, start in enumerate(range(0, len(vectors), shard_size)):
+        block = np.asarray(vectors[start : start + shard_size], dtype=np.float32)
+        part_ids = ids[start : start + len(block)]
+        table = shard_table(part_ids, block, np.ones(len(block), np.int32), {})
+        path = FileSystems.join(directory, f"part-{part:05d}.parquet")
+        atomic_write(path, shard_parquet_bytes(table))
+    write_json_atomic(
+        FileSystems.join(directory, "manifest.json"),
+        {"model": {"dim": int(vectors.shape[1])}, "counts": {"embedded": len(ids)}},
+    )
+    return directory
+
+
 def read_shard_stats(path: str) -> dict:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         metadata = pq.read_schema(f).metadata or {}

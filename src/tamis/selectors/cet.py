@@ -148,7 +148,7 @@ class CetSelector(Selector):
         iterations: int = 200  # EM iterations at most (stops when no posterior moves 1e-4)
         # Fit the models on a seeded sample of whole queries holding about this many
         # candidates (all of them when there are fewer); every candidate is then scored.
-        fit_sample: int = 500_000
+        fit_sample: int = 200_000
         tau: float = 10.0  # CET temperature
         steps: int = 300  # CET joint update steps
         learning_rate: float = 0.05
