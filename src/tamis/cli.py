@@ -191,6 +191,11 @@ def _print_cet_summary(manifest: dict, output: str) -> None:
         f"  expected false negatives among the unlabelled: "
         f"{info['expected_false_negatives']:,.0f} of {c['unlabelled_candidates']:,}; "
         f"{c['excluded']:,} excluded, {c['kept_negatives']:,} hard negatives kept"
+        + (
+            f" ({c['queries_without_kept_negatives']:,} queries keep none)"
+            if c["queries_without_kept_negatives"]
+            else ""
+        )
     )
     if "warning" in info:
         print(f"  note: {info['warning']}")

@@ -51,7 +51,8 @@ def test_worked_example_on_a_bbc_sample_finds_false_negatives(tmp_path, bbc_reco
     config = {
         "pool": {"path": str(pool)},
         "embedding": {"output": embeddings, "max_length": 128},
-        "queries": {"articles": {"embeddings": embeddings}},
+        # The same articles as queries, embedded like the corpus (their own hits dropped).
+        "queries": {"articles": {"path": str(pool)}},
         "selection": {
             "selector": "cet",
             "output": str(tmp_path / "out"),
