@@ -90,7 +90,7 @@ def run_variant(
     from tamis.config import config_from_dict
     from tamis.pipelines.select import run_select
 
-    params: dict[str, Any] = {"qrels": qrels, "k": args.k, "device": "cpu"}
+    params: dict[str, Any] = {"qrels": qrels, "k": args.k}
     if args.iterations is not None:
         params["iterations"] = args.iterations
     if variant in ("em", "cet"):
@@ -98,6 +98,7 @@ def run_variant(
     config = config_from_dict(
         {
             "embedding": {"output": corpus},
+            "index": {"device": "cpu"},
             "queries": {"bbc": {"embeddings": corpus}},
             "selection": {"selector": "cet", "output": str(work / variant), "params": params},
         }

@@ -58,6 +58,8 @@ def test_missing_required_key():
 
 def test_value_checks():
     assert _error({**VALID, "embedding": {"max_length": 0}}).startswith("embedding.max_length")
+    assert _error({**VALID, "index": {"nprobe": 0}}) == "index.nprobe: must be >= 1, got 0"
+    assert _error({**VALID, "index": {"device": "tpu"}}).startswith("index.device: expected")
     dataflow = {**VALID, "runner": {"name": "dataflow", "project": "p", "region": "r"}}
     assert _error(dataflow) == "runner.temp_location: required when runner.name is 'dataflow'"
 

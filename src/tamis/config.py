@@ -69,6 +69,18 @@ class QuerySource:
 
 
 @dataclass
+class IndexConfig:
+    """The FAISS index that selectors search (cet mines its candidates with it)."""
+
+    factory: str = "Flat"  # any FAISS factory string: "Flat" (exact), "IVF4096,Flat", "HNSW32"
+    device: Literal["auto", "cpu", "gpu"] = "auto"  # GPU when FAISS sees one
+    nprobe: int | None = None  # IVF lists visited per query
+    ef_search: int | None = None  # HNSW search beam
+    train_size: int = 100_000  # vectors sampled to train IVF / PQ indexes
+    batch_size: int = 4096  # queries per search call
+
+
+@dataclass
 class SelectionConfig:
     selector: str
     # A count, a fraction or "N%" (every selector but cet, which keeps
@@ -135,6 +147,7 @@ class Config:
     pool: PoolConfig | None = None
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     queries: dict[str, QuerySource] = field(default_factory=dict)
+    index: IndexConfig = field(default_factory=IndexConfig)
     selection: SelectionConfig | None = None
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scaling: ScalingConfig | None = None
@@ -297,6 +310,10 @@ def validate(config: Config) -> None:
         value = getattr(emb, key)
         if value is not None and value < 1:
             raise ConfigError(f"embedding.{key}: must be >= 1, got {value}")
+    for key in ("nprobe", "ef_search", "train_size", "batch_size"):
+        value = getattr(config.index, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"index.{key}: must be >= 1, got {value}")
     if config.runner.num_workers < 1:
         raise ConfigError(f"runner.num_workers: must be >= 1, got {config.runner.num_workers}")
     if config.pool is not None and not config.pool.path:

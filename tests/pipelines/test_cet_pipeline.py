@@ -122,6 +122,21 @@ def test_beam_mining_equals_local(retrieval, tmp_path):
     assert not (tmp_path / "beam" / "_mined").exists()  # intermediates are removed
 
 
+def test_an_ivf_index_from_the_index_section_mines_the_same_candidates(retrieval, tmp_path):
+    run_select(cet_config(retrieval, tmp_path / "flat"))
+    config = cet_config(retrieval, tmp_path / "ivf")
+    # Four lists, all visited: an approximate index that must find the exact top k.
+    config.index.factory, config.index.nprobe, config.index.train_size = "IVF4,Flat", 4, 300
+    manifest = run_select(config)
+    assert manifest["info"]["index"] == {"factory": "IVF4,Flat", "device": "cpu", "nprobe": 4}
+    flat = pq.read_table(tmp_path / "flat" / "candidates.parquet")
+    ivf = pq.read_table(tmp_path / "ivf" / "candidates.parquet")
+    assert flat.column("doc_id").equals(ivf.column("doc_id"))
+    config.index.factory = "IVF9999,Flat"  # more lists than documents
+    with pytest.raises(ConfigError, match="index: index factory 'IVF9999,Flat' could not be"):
+        run_select(config)
+
+
 def test_queries_that_are_corpus_documents_do_not_mine_themselves(retrieval, tmp_path):
     # Every corpus document as a query (self-retrieval, as in the BBC check).
     qrels = [{"query_id": "doc-0", "doc_id": "doc-5"}, {"query_id": "doc-1", "doc_id": "doc-9"}]

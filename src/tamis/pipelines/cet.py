@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from tamis.config import Config, ConfigError, require
+from tamis.config import Config, ConfigError, IndexConfig, require
 from tamis.embeddings.store import embeddings_manifest, read_part
 from tamis.index.faiss_index import EmbeddingIndex, build_from_embeddings_dir
 from tamis.index.mining import MinedCandidates, concat_candidates, mine_top_k
@@ -127,14 +127,16 @@ def provenance_rank_matrix(
 class MineQueryPart(beam.DoFn):
     """One query embeddings part -> its top-k corpus candidates, written as an .npz file."""
 
-    def __init__(self, index_path: str, device: str, nprobe: int | None, k: int, batch: int,
-                 output: str):  # fmt: skip
-        self.index_path, self.device, self.nprobe = index_path, device, nprobe
-        self.k, self.batch, self.output = k, batch, output
+    def __init__(self, index_path: str, index_config: IndexConfig, k: int, output: str):
+        self.index_path, self.index_config = index_path, index_config
+        self.k, self.output = k, output
         self.index: EmbeddingIndex | None = None
 
     def setup(self):
-        self.index = EmbeddingIndex.load(self.index_path, self.device, nprobe=self.nprobe)
+        c = self.index_config
+        self.index = EmbeddingIndex.load(
+            self.index_path, c.device, nprobe=c.nprobe, ef_search=c.ef_search
+        )
 
     def process(self, part: tuple[str, int], self_positions: list | None):
         path, first_query = part
@@ -142,7 +144,8 @@ class MineQueryPart(beam.DoFn):
         own = None
         if self_positions is not None:
             own = np.asarray(self_positions[first_query : first_query + len(vectors)], np.int64)
-        mined = mine_top_k(self.index, vectors, self.k, own, self.batch, first_query)
+        batch = self.index_config.batch_size
+        mined = mine_top_k(self.index, vectors, self.k, own, batch, first_query)
         buffer = io.BytesIO()
         np.savez(buffer, query=mined.query, doc=mined.doc, rank=mined.rank, score=mined.score)
         target = FileSystems.join(self.output, MINED_DIR, f"part-{first_query:012d}.npz")
@@ -167,9 +170,7 @@ def mine_on_beam(
     index.save(index_path)
     runner, options = make_runner(config.runner, beam_args)
     own = None if self_positions is None else self_positions.tolist()
-    mine = MineQueryPart(
-        index_path, params.device, params.nprobe, params.k, params.batch_size, output
-    )
+    mine = MineQueryPart(index_path, config.index, params.k, output)
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         owned = pipeline | "SelfPositions" >> beam.Create([own])
         _ = (
@@ -275,9 +276,14 @@ def run_cet_select(
 
     # Mining.
     mine_started = time.perf_counter()
-    index, corpus_list = build_from_embeddings_dir(
-        corpus_dir, factory=p.index, device=p.device, nprobe=p.nprobe
-    )
+    ic = config.index
+    try:
+        index, corpus_list = build_from_embeddings_dir(
+            corpus_dir, factory=ic.factory, device=ic.device, train_size=ic.train_size,
+            nprobe=ic.nprobe, ef_search=ic.ef_search, seed=selection_cfg.seed,
+        )  # fmt: skip
+    except ValueError as err:
+        raise ConfigError(f"index: {err}") from err
     if index.dim != query_vectors.shape[1]:
         raise ConfigError(
             f"queries: query dimension {query_vectors.shape[1]} does not match the corpus "
@@ -294,7 +300,7 @@ def run_cet_select(
     if selection_cfg.distributed or config.runner.name != "local":
         mined = mine_on_beam(config, p, index, query_parts, self_positions, output, beam_args)
     else:
-        mined = mine_top_k(index, query_vectors, p.k, self_positions, p.batch_size)
+        mined = mine_top_k(index, query_vectors, p.k, self_positions, ic.batch_size)
     mine_seconds = time.perf_counter() - mine_started
 
     # Labels and provenance, as pair keys over (query row, corpus position).
@@ -385,7 +391,7 @@ def run_cet_select(
         info={
             **estimate.info,
             "seconds": {"mine": round(mine_seconds, 3), "estimate": round(estimate_seconds, 3)},
-            "index": {"factory": index.factory, "device": index.device, "nprobe": p.nprobe},
+            "index": {"factory": index.factory, "device": index.device, "nprobe": ic.nprobe},
         },
     )
     unlabelled = ~candidates.labelled

@@ -141,10 +141,6 @@ class CetSelector(Selector):
         negatives_per_query: int = 8
         review_size: int = 1000
         drop_query_itself: bool = True  # a query that is a corpus document is not its own hit
-        index: str = "Flat"  # FAISS factory string for mining
-        nprobe: int | None = None
-        device: Literal["auto", "cpu", "gpu"] = "auto"
-        batch_size: int = 4096  # queries per FAISS search call
         iterations: int = 200  # EM iterations at most (stops when no posterior moves 1e-4)
         # Fit the models on a seeded sample of whole queries holding about this many
         # candidates (all of them when there are fewer); every candidate is then scored.
@@ -157,7 +153,7 @@ class CetSelector(Selector):
         p = self.params
         if p.qrels is None:
             raise ConfigError("selection.params.qrels: cet needs the labelled positives")
-        for key in ("k", "negatives_per_query", "batch_size", "iterations", "steps", "fit_sample"):
+        for key in ("k", "negatives_per_query", "iterations", "steps", "fit_sample"):
             if getattr(p, key) < 1:
                 raise ConfigError(f"selection.params.{key}: must be >= 1, got {getattr(p, key)}")
         if p.review_size < 0:
