@@ -113,9 +113,12 @@ def test_candidates_are_the_exact_top_k_with_labels_and_outputs_that_add_up(retr
     assert json.loads(lines[0])["doc_id"] == review.doc_id[0]
 
 
-def test_beam_mining_equals_local(retrieval, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: FnApiRunner's multi-process mode
+def test_beam_mining_equals_local(retrieval, tmp_path, workers):
     run_select(cet_config(retrieval, tmp_path / "local"))
-    run_select(cet_config(retrieval, tmp_path / "beam", distributed=True))
+    config = cet_config(retrieval, tmp_path / "beam", distributed=True)
+    config.runner.num_workers = workers
+    run_select(config)
     local = pq.read_table(tmp_path / "local" / "candidates.parquet")
     beam = pq.read_table(tmp_path / "beam" / "candidates.parquet")
     assert local.equals(beam)
