@@ -13,6 +13,7 @@ gs:// paths on Dataflow workers.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -380,6 +381,15 @@ def atomic_write(path: str, data: bytes) -> None:
 
 def write_jsonl_atomic(path: str, lines: list[str]) -> None:
     atomic_write(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def write_parquet_atomic(path: str, table: Any) -> None:
+    """An Arrow table as one Parquet file, written atomically (local or gs://)."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

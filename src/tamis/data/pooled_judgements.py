@@ -12,15 +12,13 @@ table gives each retriever's ranked list (`query_id, doc_id, retriever, rank`) t
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from tamis.records import atomic_write
+from tamis.records import write_parquet_atomic
 
 QRELS = "qrels.parquet"
 PROVENANCE = "provenance.parquet"
@@ -112,7 +110,5 @@ def write_judged_pool(output: str | Path, embeddings_dir: str, judged_depth: int
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in ((QRELS, qrels), (PROVENANCE, provenance)):
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        atomic_write(str(out / name), buffer.getvalue())
+        write_parquet_atomic(str(out / name), table)
     return stats

@@ -32,14 +32,19 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.config import Config, ConfigError, IndexConfig, require
 from tamis.embeddings.store import embeddings_manifest, read_part
 from tamis.index.faiss_index import EmbeddingIndex, build_from_embeddings_dir
 from tamis.index.mining import MinedCandidates, concat_candidates, mine_top_k
-from tamis.records import InputError, atomic_write, read_bytes, read_table_files
+from tamis.records import (
+    InputError,
+    atomic_write,
+    read_bytes,
+    read_table_files,
+    write_parquet_atomic,
+)
 from tamis.selectors.base import Selection
 from tamis.selectors.cet import CandidateArrays, CetEstimate, CetSelector
 
@@ -190,12 +195,6 @@ def mine_on_beam(
 
 
 # ------------------------------------------------------------------------------ output
-
-
-def _write_parquet(path: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    atomic_write(path, buffer.getvalue())
 
 
 def candidate_table(
@@ -370,12 +369,12 @@ def run_cet_select(
 
     # Outputs.
     q_ids, d_ids = pa.array(query_ids, pa.string()), pa.array(corpus_list, pa.string())
-    _write_parquet(
+    write_parquet_atomic(
         FileSystems.join(output, CANDIDATES),
         candidate_table(q_ids, d_ids, mined, candidates, estimate),
     )
     review_table = candidate_table(q_ids, d_ids, mined, candidates, estimate, review)
-    _write_parquet(FileSystems.join(output, REVIEW_PARQUET), review_table)
+    write_parquet_atomic(FileSystems.join(output, REVIEW_PARQUET), review_table)
     write_rows_jsonl(FileSystems.join(output, REVIEW_JSONL), review_table.to_pylist())
     selection = Selection(
         selector=selector.name,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -27,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.config import Config, ConfigError, PoolConfig, QuerySource, RunnerConfig, require
@@ -48,10 +46,10 @@ from tamis.probabilities import (
 )
 from tamis.records import (
     InputError,
-    atomic_write,
     iter_pool_records,
     write_json_atomic,
     write_jsonl_atomic,
+    write_parquet_atomic,
 )
 from tamis.selectors.base import (
     BUCKETED_POOL,
@@ -163,9 +161,7 @@ def label_agreement(selection: Selection, labels: dict[str, Any]) -> dict[str, d
 def write_subset(output: str, rows: list[dict]) -> None:
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buffer)
-    atomic_write(FileSystems.join(output, SUBSET_PARQUET), buffer.getvalue())
+    write_parquet_atomic(FileSystems.join(output, SUBSET_PARQUET), pa.Table.from_pylist(rows))
     write_rows_jsonl(FileSystems.join(output, SUBSET_JSONL), rows)
 
 

@@ -9,17 +9,15 @@ reweighted set's skill mass it gets (``weight_share``; ``uniform_share`` before 
 
 from __future__ import annotations
 
-import io
 import time
 from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.config import Config, ConfigError, require
-from tamis.records import atomic_write
+from tamis.records import write_parquet_atomic
 from tamis.selectors.base import parse_budget
 from tamis.selectors.stat import StatSelector
 from tamis.selectors.stat_core import SkillMap, missing_skill_counts, skill_map
@@ -122,9 +120,7 @@ def run_stat_select(config: Config, selector: StatSelector, started: float) -> d
     }
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
-    buffer = io.BytesIO()
-    pq.write_table(profile.to_arrow(), buffer)
-    atomic_write(FileSystems.join(output, PROFILE), buffer.getvalue())
+    write_parquet_atomic(FileSystems.join(output, PROFILE), profile.to_arrow())
     counts_out = {
         "pool": n,
         "pool_with_skills": int((np.diff(table.offsets) > 0).sum()),

@@ -13,7 +13,6 @@ also serves unbounded sources.
 
 from __future__ import annotations
 
-import io
 import time
 from collections import Counter
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.coders import PickleCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.timeutil import TimeDomain
@@ -35,11 +33,11 @@ from apache_beam.utils.timestamp import Timestamp
 
 from tamis.config import Config, require
 from tamis.records import (
-    atomic_write,
     iter_pool_records,
     read_json,
     read_table_files,
     write_json_atomic,
+    write_parquet_atomic,
 )
 from tamis.selectors.base import budget_fraction
 from tamis.selectors.stream_al import StreamALSelector, selection_from_decisions
@@ -111,9 +109,7 @@ def run_stream_select(
 
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
-    buffer = io.BytesIO()
-    pq.write_table(decisions_table(items, decisions), buffer)
-    atomic_write(FileSystems.join(output, DECISIONS), buffer.getvalue())
+    write_parquet_atomic(FileSystems.join(output, DECISIONS), decisions_table(items, decisions))
     write_json_atomic(FileSystems.join(output, STATE), final_states)
 
     selection = selection_from_decisions(items, decisions)
