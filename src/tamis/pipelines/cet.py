@@ -32,6 +32,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.config import Config, ConfigError, IndexConfig, require
@@ -60,19 +61,21 @@ INDEX_FILE = "_index/corpus.faiss"
 # ------------------------------------------------------------------------ input tables
 
 
+ID_COLUMNS = ("query_id", "doc_id", "retriever")
+
+
 def read_pair_table(
     path: str, key: str, extra: tuple[str, ...] = (), optional: tuple[str, ...] = ()
-) -> dict[str, np.ndarray]:
-    """`query_id`, `doc_id` (as strings), the `extra` columns and those `optional` columns
-    present, from a Parquet/JSONL table; errors name the file, the column and the first
-    bad row."""
+) -> dict[str, pa.Array | np.ndarray]:
+    """`query_id`, `doc_id` (Arrow strings), the `extra` columns and those `optional`
+    columns present (float64 numbers; `retriever` stays strings), from a Parquet/JSONL
+    table; errors name the file, the column and the first bad row."""
     try:
         table = read_table_files(path)
     except (InputError, FileNotFoundError, OSError) as err:
         raise InputError(f"{key}: {err}") from None
-    wanted = ("query_id", "doc_id", *extra)
-    columns = {}
-    for name in (*wanted, *(c for c in optional if c in table.column_names)):
+    columns: dict[str, pa.Array | np.ndarray] = {}
+    for name in ("query_id", "doc_id", *extra, *(c for c in optional if c in table.column_names)):
         if name not in table.column_names:
             raise InputError(
                 f"{key}: {path} has no {name!r} column (columns: {', '.join(table.column_names)})"
@@ -81,8 +84,8 @@ def read_pair_table(
         if column.null_count:
             row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(f"{key}: {path} row {row + 1}: {name} is null")
-        if name in ("query_id", "doc_id", "retriever"):
-            columns[name] = np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+        if name in ID_COLUMNS:
+            columns[name] = column.cast(pa.string()).combine_chunks()
         else:
             try:
                 columns[name] = column.to_numpy().astype(np.float64)
@@ -91,39 +94,102 @@ def read_pair_table(
     return columns
 
 
+def positions_in(values: pa.Array, known: pa.Array) -> np.ndarray:
+    """int64 position of each value in `known` (-1 where absent): one Arrow hash join, no
+    Python strings (provenance can hold tens of millions of rows)."""
+    return pc.index_in(values, value_set=known).fill_null(-1).to_numpy().astype(np.int64)
+
+
 def pair_keys(
-    query_ids: np.ndarray,
-    doc_ids: np.ndarray,
-    query_row: dict[str, int],
-    doc_position: dict[str, int],
-    n_docs: int,
+    query_ids: pa.Array, doc_ids: pa.Array, queries: pa.Array, corpus: pa.Array
 ) -> tuple[np.ndarray, np.ndarray]:
-    """int64 keys query_row * n_docs + doc_position, and which pairs had both ids known."""
-    q = np.fromiter((query_row.get(v, -1) for v in query_ids), np.int64, len(query_ids))
-    d = np.fromiter((doc_position.get(v, -1) for v in doc_ids), np.int64, len(doc_ids))
+    """int64 keys query_row * len(corpus) + doc_position, and which pairs had both ids
+    known."""
+    q, d = positions_in(query_ids, queries), positions_in(doc_ids, corpus)
     known = (q >= 0) & (d >= 0)
-    return q[known] * n_docs + d[known], known
+    return q[known] * len(corpus) + d[known], known
 
 
 def provenance_rank_matrix(
     candidate_keys: np.ndarray, keys: np.ndarray, retriever: np.ndarray, rank: np.ndarray
-) -> tuple[np.ndarray, list[str]]:
-    """(n_candidates, R) ranks in each pool-building retriever (0: not ranked), and the
-    retriever names in column order. A pair listed twice by one retriever keeps its best rank."""
-    names = sorted(set(retriever.tolist()))
-    matrix = np.zeros((len(candidate_keys), len(names)), dtype=np.int32)
-    for j, name in enumerate(names):
-        mine = retriever == name
+) -> np.ndarray:
+    """(n_candidates, R) ranks in each pool-building retriever (`retriever` holds codes
+    0..R-1; 0 in the matrix: not ranked). A pair listed twice by one retriever keeps its
+    best rank."""
+    n_retrievers = int(retriever.max()) + 1 if len(retriever) else 0
+    matrix = np.zeros((len(candidate_keys), n_retrievers), dtype=np.int32)
+    for j in range(n_retrievers):
+        mine = retriever == j
         k, r = keys[mine], rank[mine]
         order = np.lexsort((r, k))
         k, r = k[order], r[order]
         first = np.r_[True, k[1:] != k[:-1]]
         k, r = k[first], r[first]
-        where = np.searchsorted(k, candidate_keys)
-        where = np.minimum(where, max(len(k) - 1, 0))
-        hit = (k[where] == candidate_keys) if len(k) else np.zeros(len(candidate_keys), bool)
+        if not len(k):
+            continue
+        where = np.minimum(np.searchsorted(k, candidate_keys), len(k) - 1)
+        hit = k[where] == candidate_keys
         matrix[hit, j] = r[where[hit]]
-    return matrix, names
+    return matrix
+
+
+def label_candidates(
+    params: Any, mined: MinedCandidates, queries: pa.Array, corpus: pa.Array, counts: dict
+) -> CandidateArrays:
+    """What qrels, judged pairs and provenance say about each mined candidate (counts of
+    the inputs go into `counts`)."""
+    p = params
+    candidate_keys = mined.query * len(corpus) + mined.doc
+    qrels = read_pair_table(p.qrels, "selection.params.qrels", optional=("relevance",))
+    keys, known = pair_keys(qrels["query_id"], qrels["doc_id"], queries, corpus)
+    counts["qrels"] = len(known)
+    counts["qrels_unknown_ids"] = int((~known).sum())
+    if not known.any():
+        raise InputError(
+            f"selection.params.qrels: none of the {len(known)} pairs in {p.qrels} names a known "
+            f"query and corpus document (first pair: {qrels['query_id'][0].as_py()!r}, "
+            f"{qrels['doc_id'][0].as_py()!r}); check the ids"
+        )
+    positive = np.ones(len(keys), bool)
+    if "relevance" in qrels:
+        positive = qrels["relevance"][known] >= p.min_relevance
+    labelled = np.isin(candidate_keys, keys[positive])
+    judged = None
+    if (~positive).any():  # judged not relevant: the judged pool is known
+        judged = np.isin(candidate_keys, keys)
+    if p.judged is not None:
+        pairs = read_pair_table(p.judged, "selection.params.judged")
+        judged_keys, _ = pair_keys(pairs["query_id"], pairs["doc_id"], queries, corpus)
+        more = np.isin(candidate_keys, judged_keys) | labelled
+        judged = more if judged is None else judged | more
+    ranks = None
+    if p.provenance is not None:
+        prov = read_pair_table(p.provenance, "selection.params.provenance", ("retriever", "rank"))
+        bad = (prov["rank"] < 1) | (prov["rank"] != np.round(prov["rank"]))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"selection.params.provenance: {p.provenance} row {row + 1}: rank must be a "
+                f"whole number >= 1, got {prov['rank'][row]}"
+            )
+        prov_keys, prov_known = pair_keys(prov["query_id"], prov["doc_id"], queries, corpus)
+        names = sorted(set(pc.unique(prov["retriever"]).to_pylist()))
+        codes = positions_in(prov["retriever"], pa.array(names, pa.string()))
+        ranks = provenance_rank_matrix(
+            candidate_keys, prov_keys, codes[prov_known], prov["rank"][prov_known].astype(np.int64)
+        )
+        counts["provenance_retrievers"] = names
+        if p.judged_depth is not None:
+            deep = ((ranks > 0) & (ranks <= p.judged_depth)).any(axis=1) | labelled
+            judged = deep if judged is None else judged | deep
+    return CandidateArrays(
+        query=mined.query,
+        rank=mined.rank,
+        score=mined.score,
+        labelled=labelled,
+        judged=judged,
+        provenance_ranks=ranks,
+    )
 
 
 # ------------------------------------------------------------------------------ mining
@@ -288,12 +354,10 @@ def run_cet_select(
             f"queries: query dimension {query_vectors.shape[1]} does not match the corpus "
             f"embeddings ({index.dim}, {corpus_dir})"
         )
-    doc_position = {doc: i for i, doc in enumerate(corpus_list)}
+    queries, corpus = pa.array(query_ids, pa.string()), pa.array(corpus_list, pa.string())
     self_positions = None
     if p.drop_query_itself:
-        self_positions = np.fromiter(
-            (doc_position.get(q, -1) for q in query_ids), np.int64, len(query_ids)
-        )
+        self_positions = positions_in(queries, corpus)
         if not (self_positions >= 0).any():
             self_positions = None  # queries are not corpus documents: nothing to drop
     if selection_cfg.distributed or config.runner.name != "local":
@@ -304,86 +368,29 @@ def run_cet_select(
 
     # Labels and provenance, as pair keys over (query row, corpus position).
     estimate_started = time.perf_counter()
-    n_docs = len(corpus_list)
-    query_row = {q: i for i, q in enumerate(query_ids)}
-    candidate_keys = mined.query * n_docs + mined.doc
-    counts: dict[str, Any] = {"queries": len(query_ids), "corpus": n_docs}
-    qrels = read_pair_table(p.qrels, "selection.params.qrels", optional=("relevance",))
-    graded = "relevance" in qrels
-    keys, known = pair_keys(qrels["query_id"], qrels["doc_id"], query_row, doc_position, n_docs)
-    counts["qrels"] = len(known)
-    counts["qrels_unknown_ids"] = int((~known).sum())
-    if not known.any():
-        raise InputError(
-            f"selection.params.qrels: none of the {len(known)} pairs in {p.qrels} names a known "
-            f"query and corpus document (first pair: {qrels['query_id'][0]!r}, "
-            f"{qrels['doc_id'][0]!r}); check the ids"
-        )
-    positive = np.ones(len(keys), bool)
-    if graded:
-        positive = qrels["relevance"][known] >= p.min_relevance
-    labelled = np.isin(candidate_keys, keys[positive])
-    judged = None
-    if graded and (~positive).any():  # judged not relevant: the judged pool is known
-        judged = np.isin(candidate_keys, keys)
-    if p.judged is not None:
-        pairs = read_pair_table(p.judged, "selection.params.judged")
-        judged_keys, _ = pair_keys(pairs["query_id"], pairs["doc_id"], query_row, doc_position,
-                                   n_docs)  # fmt: skip
-        more = np.isin(candidate_keys, judged_keys) | labelled
-        judged = more if judged is None else judged | more
-    ranks = None
-    if p.provenance is not None:
-        prov = read_pair_table(p.provenance, "selection.params.provenance", ("retriever", "rank"))
-        bad = (prov["rank"] < 1) | (prov["rank"] != np.round(prov["rank"]))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"selection.params.provenance: {p.provenance} row {row + 1}: rank must be a "
-                f"whole number >= 1, got {prov['rank'][row]}"
-            )
-        prov_keys, prov_known = pair_keys(prov["query_id"], prov["doc_id"], query_row,
-                                          doc_position, n_docs)  # fmt: skip
-        ranks, retrievers = provenance_rank_matrix(
-            candidate_keys,
-            prov_keys,
-            prov["retriever"][prov_known],
-            prov["rank"][prov_known].astype(np.int64),
-        )
-        counts["provenance_retrievers"] = retrievers
-        if p.judged_depth is not None:
-            deep = ((ranks > 0) & (ranks <= p.judged_depth)).any(axis=1) | labelled
-            judged = deep if judged is None else judged | deep
-    candidates = CandidateArrays(
-        query=mined.query,
-        rank=mined.rank,
-        score=mined.score,
-        labelled=labelled,
-        judged=judged,
-        provenance_ranks=ranks,
-    )
+    counts: dict[str, Any] = {"queries": len(query_ids), "corpus": len(corpus_list)}
+    candidates = label_candidates(p, mined, queries, corpus, counts)
     estimate = selector.estimate(candidates, seed=selection_cfg.seed)
     kept = selector.kept_negatives(candidates, estimate)
     review = selector.review_queue(candidates, estimate)
     estimate_seconds = time.perf_counter() - estimate_started
 
     # Outputs.
-    q_ids, d_ids = pa.array(query_ids, pa.string()), pa.array(corpus_list, pa.string())
     write_parquet_atomic(
         FileSystems.join(output, CANDIDATES),
-        candidate_table(q_ids, d_ids, mined, candidates, estimate),
+        candidate_table(queries, corpus, mined, candidates, estimate),
     )
-    review_table = candidate_table(q_ids, d_ids, mined, candidates, estimate, review)
+    review_table = candidate_table(queries, corpus, mined, candidates, estimate, review)
     write_parquet_atomic(FileSystems.join(output, REVIEW_PARQUET), review_table)
     write_rows_jsonl(FileSystems.join(output, REVIEW_JSONL), review_table.to_pylist())
     selection = Selection(
         selector=selector.name,
         index=mined.doc[kept],
-        ids=d_ids.take(pa.array(mined.doc[kept])).to_pylist(),
+        ids=corpus.take(pa.array(mined.doc[kept])).to_pylist(),
         score=mined.score[kept],
         weight=estimate.negative_weight[kept],
         columns={
-            "query_id": q_ids.take(pa.array(mined.query[kept])).to_pylist(),
+            "query_id": queries.take(pa.array(mined.query[kept])).to_pylist(),
             "retrieval_rank": mined.rank[kept],
             "p_false_negative": estimate.p_false_negative[kept],
         },
