@@ -135,6 +135,7 @@ def k_center_greedy(
         if pick not in row_of:
             # Look ahead: the inner products of the farthest points with the whole pool.
             ahead = state.predicted_picks(pick, min(lookahead, budget - step))
+            products = None  # free the last block first: two would be alive during the GEMM
             products = state.products(ahead)
             row_of = {int(p): j for j, p in enumerate(ahead)}
             state.look_aheads += 1
@@ -272,7 +273,8 @@ class _ScreenedGreedy:
             1.0 + self.max_norm * max_center_norm + center_sq.max()
         )
         n = len(self.x)
-        rows_per_block = max(1, (1 << 22) // len(centers))
+        # Bounds the (rows x L) scores and the float64 temporaries of the exact distances.
+        rows_per_block = max(1, min((1 << 22) // len(centers), _EXACT_BLOCK_ROWS))
         for start in range(0, n, rows_per_block):
             rows = self.x[start : start + rows_per_block]
             score = rows @ center_rows.T - half_sq
