@@ -170,3 +170,17 @@ def test_fitting_on_a_sample_of_queries_scores_every_candidate_alike(pool, metho
     unlabelled = ~candidates.labelled
     truth = relevant[unlabelled]
     assert reliability_error(sampled.p_false_negative[unlabelled], truth) < 0.05
+
+
+def test_a_fit_sample_without_labelled_candidates_falls_back_to_all(pool):
+    candidates, _, _ = pool
+    sparse = candidates.labelled & (candidates.query == 7)  # one query holds every label
+    only_one = CandidateArrays(**{**vars(candidates), "labelled": sparse})
+    # Seed 0 samples queries 3, 11, 92, ... (about 1,000 candidates), not query 7.
+    estimate = cet(fit_sample=1_000).estimate(only_one, seed=0)
+    assert estimate.info["fit_candidates"] == len(candidates)
+    assert np.isfinite(estimate.p_false_negative).all()
+    # With a label in the sample, the sample is used.
+    sampled = CandidateArrays(**{**vars(candidates), "labelled": candidates.labelled
+                                 & np.isin(candidates.query, [3, 11])})  # fmt: skip
+    assert cet(fit_sample=1_000).estimate(sampled, seed=0).info["fit_candidates"] == 1_000

@@ -205,6 +205,8 @@ class CetSelector(Selector):
         # The models have a handful of coefficients: a sample of whole queries pins them
         # down; every candidate is then scored with them (one pass).
         rows = fit_sample_rows(candidates.query, p.fit_sample, seed)
+        if rows is not None and not labelled[rows].any():
+            rows = None  # labels too sparse for the sample to hold one: fit on everything
         info["fit_candidates"] = len(candidates) if rows is None else len(rows)
 
         def fit_part(values: np.ndarray | None) -> np.ndarray | None:
