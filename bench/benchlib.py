@@ -105,6 +105,16 @@ def ratio(a: float | None, b: float | None, digits: int = 1) -> float | None:
     return round(a / b, digits) if a is not None and b else None
 
 
+def chosen_sides(parser: Any, requested: str, order: tuple[str, ...]) -> list[str]:
+    """The comma-separated `--sides` asked for, in the bench's order; an unknown name is a
+    usage error naming the known ones."""
+    asked = requested.split(",")
+    unknown = set(asked) - set(order)
+    if unknown:
+        parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(order)}")
+    return [side for side in order if side in asked]
+
+
 def write_side_result(name: str, work: Path, result: dict[str, Any]) -> None:
     """Child process of a side: add the thread pools it ran with, write WORK/NAME.json."""
     result["threads"] = blas_info()

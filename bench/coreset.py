@@ -55,6 +55,7 @@ import numpy as np
 
 from benchlib import (
     RESULTS_DIR,
+    chosen_sides,
     peak_rss_mib,
     ratio,
     run_side_process,
@@ -352,9 +353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 1 <= --picks <= --subsample - --labeled")
     if args.repeats < 1 or args.classes < 2:
         parser.error("need --repeats >= 1 and --classes >= 2")
-    unknown = set(args.sides.split(",")) - set(SIDES)
-    if unknown:
-        parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(SIDE_ORDER)}")
+    args.chosen_sides = chosen_sides(parser, args.sides, SIDE_ORDER)
     return args
 
 
@@ -363,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:
         run_side(args.side, args, args.work)
         return 0
-    sides = [s for s in SIDE_ORDER if s in args.sides.split(",")]
+    sides = args.chosen_sides
     factor = args.n / args.subsample
     print(
         f"{BENCH}: pool {args.n} x {args.classes}, {args.labeled} labelled, {args.picks} picks, "

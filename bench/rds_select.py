@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from benchlib import (
+    chosen_sides,
     med,
     peak_rss_mib,
     run_side_process,
@@ -540,9 +541,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need --n >= 1 and 1 <= --budget <= --n")
     if args.repeats < 1 or (args.repeats_a is not None and args.repeats_a < 1):
         parser.error("--repeats and --repeats-a must be >= 1")
-    unknown = set(args.sides.split(",")) - set(SIDES)
-    if unknown:
-        parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(SIDE_ORDER)}")
+    args.chosen_sides = chosen_sides(parser, args.sides, SIDE_ORDER)
     args.repeats_a = args.repeats if args.repeats_a is None else args.repeats_a
     args.data_dir = args.data_dir or default_data_dir(args.n, args.seed)
     return args
@@ -553,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:
         run_side(args.side, args, args.work)
         return 0
-    sides = [s for s in SIDE_ORDER if s in args.sides.split(",")]
+    sides = args.chosen_sides
     print(
         f"{BENCH}: pool {args.n} x {DIM}, {N_TASKS} tasks x {QUERIES_PER_TASK} queries, "
         f"budget {args.budget}, {args.threads} threads, {args.repeats} repeats "

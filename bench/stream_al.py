@@ -58,6 +58,7 @@ import numpy as np
 
 from benchlib import (
     RESULTS_DIR,
+    chosen_sides,
     med,
     peak_rss_mib,
     ratio,
@@ -356,9 +357,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 0 < --budget <= 1, --chunk >= 1 and --classes >= 2")
     if args.repeats < 1 or args.ref_repeats < 1:
         parser.error("need --repeats >= 1 and --ref-repeats >= 1")
-    unknown = set(args.sides.split(",")) - set(SIDES)
-    if unknown:
-        parser.error(f"unknown sides {sorted(unknown)}; known: {', '.join(SIDE_ORDER)}")
+    args.chosen_sides = chosen_sides(parser, args.sides, SIDE_ORDER)
     return args
 
 
@@ -367,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:
         run_side(args.side, args, args.work)
         return 0
-    sides = [s for s in SIDE_ORDER if s in args.sides.split(",")]
+    sides = args.chosen_sides
     factor = args.n / args.prefix
     print(
         f"{BENCH}: {args.n} items, {args.classes} classes, budget {args.budget:g}, "
