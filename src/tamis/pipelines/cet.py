@@ -226,7 +226,7 @@ class MineQueryPart(beam.DoFn):
 
 def mine_on_beam(
     config: Config,
-    params: Any,
+    k: int,
     index: EmbeddingIndex,
     query_parts: list[tuple[str, int]],
     self_positions: np.ndarray | None,
@@ -241,7 +241,7 @@ def mine_on_beam(
     index.save(index_path)
     runner, options = make_runner(config.runner, beam_args)
     own = None if self_positions is None else self_positions.tolist()
-    mine = MineQueryPart(index_path, config.index, params.k, output)
+    mine = MineQueryPart(index_path, config.index, k, output)
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         owned = pipeline | "SelfPositions" >> beam.Create([own])
         _ = (
@@ -272,20 +272,24 @@ def candidate_table(
     rows: np.ndarray | None = None,
 ) -> pa.Table:
     """The per-candidate output columns (all rows, or `rows` in that order)."""
-    take = np.arange(len(mined)) if rows is None else rows
+
+    def column(values: np.ndarray) -> pa.Array:
+        # All rows: the arrays as they are (no gather of every column of 10M candidates).
+        return pa.array(values if rows is None else values[rows])
+
     return pa.table(
         {
-            "query_id": query_ids.take(pa.array(mined.query[take])),
-            "doc_id": doc_ids.take(pa.array(mined.doc[take])),
-            "rank": pa.array(mined.rank[take]),
-            "score": pa.array(mined.score[take]),
-            "labelled": pa.array(candidates.labelled[take]),
-            "known_negative": pa.array(estimate.known_negative[take]),
-            "p_relevant": pa.array(estimate.p_relevant[take]),
-            "p_selected": pa.array(estimate.p_selected[take]),
-            "p_false_negative": pa.array(estimate.p_false_negative[take]),
-            "negative_weight": pa.array(estimate.negative_weight[take]),
-            "exclude": pa.array(estimate.exclude[take]),
+            "query_id": query_ids.take(column(mined.query)),
+            "doc_id": doc_ids.take(column(mined.doc)),
+            "rank": column(mined.rank),
+            "score": column(mined.score),
+            "labelled": column(candidates.labelled),
+            "known_negative": column(estimate.known_negative),
+            "p_relevant": column(estimate.p_relevant),
+            "p_selected": column(estimate.p_selected),
+            "p_false_negative": column(estimate.p_false_negative),
+            "negative_weight": column(estimate.negative_weight),
+            "exclude": column(estimate.exclude),
         }
     )
 
@@ -361,7 +365,7 @@ def run_cet_select(
         if not (self_positions >= 0).any():
             self_positions = None  # queries are not corpus documents: nothing to drop
     if selection_cfg.distributed or config.runner.name != "local":
-        mined = mine_on_beam(config, p, index, query_parts, self_positions, output, beam_args)
+        mined = mine_on_beam(config, p.k, index, query_parts, self_positions, output, beam_args)
     else:
         mined = mine_top_k(index, query_vectors, p.k, self_positions, ic.batch_size)
     mine_seconds = time.perf_counter() - mine_started
