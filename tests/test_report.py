@@ -15,9 +15,12 @@ from PIL import Image
 from tamis.cli import main as tamis_main
 from tamis.records import InputError
 from tamis.report import (
+    format_funnel,
     format_summary,
+    plot_funnel,
     plot_score_histogram,
     report,
+    summarize_recipe,
     summarize_subset,
 )
 
@@ -255,3 +258,200 @@ def test_cli_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert "not a subset directory" in err and str(tmp_path) in err
     with pytest.raises(SystemExit):
         tamis_main(["report", str(tmp_path), "--runner=DirectRunner"])
+
+
+# --- recipes: a chain of stages over one pool -------------------------------------------------
+
+FUNNEL = [
+    {"name": "dedup", "selector": "exact_dedup", "kind": "filter", "dir": "01-dedup",
+     "in": 2213, "kept": 2120, "removed": 93, "seconds": 0.41, "skipped": False},
+    {"name": "target", "selector": "rds", "kind": "select", "dir": "02-target",
+     "in": 2120, "kept": 300, "removed": 1820, "seconds": 1.2, "skipped": True},
+    {"name": "balance", "selector": "stat", "kind": "weight", "dir": "03-balance",
+     "in": 300, "kept": 290, "removed": 10, "seconds": 0.3, "skipped": False},
+]  # fmt: skip
+
+
+def subset_columns(n: int, selector: str, text: bool = False) -> dict[str, list]:
+    rng = np.random.default_rng(n)
+    columns = {
+        "id": [f"pool.jsonl:{i + 1}" for i in range(n)],
+        "rank": list(range(n)),
+        "score": rng.uniform(0, 1, size=n).tolist(),
+        "weight": [1.0] * n,
+        "selector": [selector] * n,
+        "task": ["tech" if i % 2 else "sports" for i in range(n)],
+    }
+    if text:
+        columns["text"] = [f"record {i}" for i in range(n)]
+    return columns
+
+
+def write_recipe(directory: Path, funnel: list | None = None, **manifest_changes) -> Path:
+    """A recipe directory as the recipe runner writes it: one subset dir per stage, the
+    final subset (records joined) and the recipe manifest, built by hand."""
+    funnel = FUNNEL if funnel is None else funnel
+    for step in funnel:
+        if isinstance(step, dict) and "dir" in step:
+            write_subset(directory / step["dir"], subset_columns(step["kept"], step["selector"]))
+    write_subset(directory, subset_columns(290, "stat", text=True))  # replaced just below
+    manifest = {
+        "stage": "recipe",
+        "created": "2026-12-02T23:00:00+00:00",
+        "pool": 2213,
+        "funnel": funnel,
+        "final": {"rows": 290, "subset": "subset.parquet"},
+        "config": {"stages": [{"name": "dedup"}, {"name": "target"}, {"name": "balance"}]},
+        "seconds": {"wall": 3.4},
+        "versions": {"tamis": "0.0.0"},
+    }
+    manifest.update(manifest_changes)
+    (directory / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def recipe_dir(tmp_path: Path) -> Path:
+    return write_recipe(tmp_path / "out" / "recipe")
+
+
+def test_recipe_summary(recipe_dir: Path) -> None:
+    summary = summarize_recipe(recipe_dir)
+    assert summary["pool"] == 2213
+    assert [s["name"] for s in summary["funnel"]] == ["dedup", "target", "balance"]
+    assert [s["kept"] for s in summary["funnel"]] == [2120, 300, 290]
+    assert [s["skipped"] for s in summary["funnel"]] == [False, True, False]
+    assert summary["final_rows"] == 290
+    assert summary["warnings"] == []
+    final = summary["final"]
+    assert final["counts"]["rows"] == 290
+    assert final["selector"] == "stat"
+    assert final["per_task"]["tech"]["count"] == 145
+    json.dumps(summary)  # JSON-able
+
+
+def test_recipe_report_text_is_funnel_then_final_summary(recipe_dir: Path) -> None:
+    text, png = report(recipe_dir)
+    lines = text.splitlines()
+    assert lines[0] == f"recipe {recipe_dir}: 2,213 pool items -> 290 in the final subset"
+    # pool first, then each stage with its kept count, in order, one line each
+    expected = [
+        ("pool", "2,213"),
+        ("01 dedup (exact_dedup, filter)", "2,120"),
+        ("02 target (rds, select)", "300"),
+        ("03 balance (stat, weight)", "290"),
+    ]
+    positions = []
+    for label, kept in expected:
+        (i,) = [i for i, line in enumerate(lines) if line.startswith(f"  {label} ")]
+        assert re.search(rf"\s{kept}\s", lines[i] + " "), lines[i]
+        positions.append(i)
+    assert positions == sorted(positions) and positions[-1] - positions[0] == 3
+    assert "-93" in lines[positions[1]] and "0.4 s" in lines[positions[1]]
+    assert "-1,820" in lines[positions[2]] and "skipped: unchanged" in lines[positions[2]]
+    assert "skipped" not in lines[positions[3]]
+    # the kept column lines up
+    ends = {lines[i].index(f" {k}") + len(k) for i, (_, k) in zip(positions, expected, strict=True)}
+    assert len(ends) == 1
+    assert "warning" not in text
+    # then the usual summary of the final subset
+    final = text[text.index("\nsubset ") + 1 :]
+    assert final == format_summary(summarize_recipe(recipe_dir)["final"])
+    assert "selector: stat" in final and "selected: 290 rows" in final
+    assert text.startswith(format_funnel(summarize_recipe(recipe_dir)))
+
+    assert png == str(recipe_dir / "funnel.png")
+    assert_png(png)
+    assert not (recipe_dir / "scores.png").exists()
+
+
+def test_recipe_report_chosen_png(recipe_dir: Path, tmp_path: Path) -> None:
+    _, png = report(recipe_dir, tmp_path / "plots" / "f.png")
+    assert png == str(tmp_path / "plots" / "f.png")
+    assert_png(png)
+    # a stage directory on its own is still an ordinary subset directory
+    text, stage_png = report(recipe_dir / "02-target")
+    assert text.startswith(f"subset {recipe_dir / '02-target'}")
+    assert "300 rows" in text
+    assert stage_png == str(recipe_dir / "02-target" / "scores.png")
+
+
+def test_plot_funnel_other_kinds_and_one_step(tmp_path: Path) -> None:
+    steps = summarize_recipe(write_recipe(tmp_path / "r"))["funnel"]
+    odd = [dict(steps[0], kind="custom"), dict(steps[1], kind="other", removed=0)]
+    assert_png(plot_funnel(2213, odd, tmp_path / "odd.png"))
+    assert_png(
+        plot_funnel(5, [dict(steps[0], **{"in": 5, "kept": 0, "removed": 5})], tmp_path / "z.png")
+    )
+
+
+def test_recipe_counts_that_do_not_add_up_are_warned(tmp_path: Path) -> None:
+    funnel = [dict(FUNNEL[0]), dict(FUNNEL[1], **{"in": 2000}), dict(FUNNEL[2], kept=280)]
+    directory = write_recipe(tmp_path / "r", funnel, final={"rows": 291})
+    text, _ = report(directory)
+    warnings = [line for line in text.splitlines() if "warning" in line]
+    assert len(warnings) == 5
+    assert "funnel[1] (target): in 2,000 but the step before kept 2,120" in text
+    assert "funnel[1] (target): in 2,000 - kept 300 != removed 1,820" in text
+    assert "funnel[2] (balance): in 300 - kept 280 != removed 10" in text
+    assert "the last stage kept 280 but the final subset has 290 rows" in text
+    assert "final rows 291" in text
+
+
+def _without(step: dict, key: str) -> dict:
+    return {k: v for k, v in step.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"funnel": None}, r"'funnel' should be a non-empty list"),
+        ({"funnel": []}, r"'funnel' should be a non-empty list"),
+        ({"funnel": {"dedup": 2120}}, r"'funnel' should be a non-empty list"),
+        ({"funnel": [FUNNEL[0], "target"]}, r"funnel\[1\]: expected an object"),
+        ({"funnel": [FUNNEL[0], _without(FUNNEL[1], "kept")]},
+         r"funnel\[1\] \(target\): missing key 'kept'"),
+        ({"funnel": [_without(FUNNEL[0], "name")]}, r"funnel\[0\]: missing key 'name'"),
+        ({"funnel": [dict(FUNNEL[0], kept="2120")]},
+         r"funnel\[0\] \(dedup\): 'kept' should be a count"),
+        ({"funnel": [dict(FUNNEL[0], removed=-1)]}, r"'removed' should be a count"),
+        ({"funnel": [dict(FUNNEL[0], kept=True)]}, r"'kept' should be a count"),
+        ({"funnel": [dict(FUNNEL[0], selector=3)]}, r"'selector' should be a non-empty string"),
+        ({"funnel": [dict(FUNNEL[0], seconds="fast")]}, r"'seconds' should be a number"),
+        ({"funnel": [dict(FUNNEL[0], skipped="no")]}, r"'skipped' should be true or false"),
+        ({"pool": None}, r"'pool' should be the pool's item count"),
+        ({"final": "subset.parquet"}, r"'final' should be an object"),
+    ],
+)  # fmt: skip
+def test_garbled_recipe_manifest(tmp_path: Path, changes: dict, match: str) -> None:
+    directory = write_recipe(tmp_path / "r")
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    manifest.update(changes)
+    manifest = {k: v for k, v in manifest.items() if v is not None}
+    (directory / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(
+        InputError, match=re.escape(str(directory / "manifest.json")) + ".*" + match
+    ):
+        report(directory)
+
+
+def test_recipe_without_final_subset(recipe_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    (recipe_dir / "subset.parquet").unlink()
+    final = re.escape(str(recipe_dir / "subset.parquet"))
+    with pytest.raises(
+        InputError, match=final + r": the recipe's final subset is missing.*final\.subset"
+    ):
+        report(recipe_dir)
+    assert tamis_main(["report", str(recipe_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tamis: error: ") and str(recipe_dir / "subset.parquet") in err
+    assert not (recipe_dir / "funnel.png").exists()
+
+
+def test_cli_report_recipe(recipe_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert tamis_main(["report", str(recipe_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"recipe {recipe_dir}: 2,213 pool items -> 290")
+    assert out.index("01 dedup") < out.index("02 target") < out.index("03 balance")
+    assert str(recipe_dir / "funnel.png") in out
+    assert_png(recipe_dir / "funnel.png")

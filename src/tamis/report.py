@@ -3,7 +3,10 @@
 A subset directory is what the select stage writes (see `tamis.pipelines.select`):
 ``subset.parquet`` (``id``, ``rank``, ``score``, ``weight``, ``selector``, the selector's
 columns such as ``task``, and with ``join_records: true`` the record's own fields) and
-``manifest.json``. Everything here only reads that directory; the one thing written is the PNG.
+``manifest.json``. A recipe directory (``"stage": "recipe"`` in its manifest) holds one such
+directory per stage plus the final subset and a manifest with the stage-by-stage ``funnel``; its
+report is the funnel followed by the summary of the final subset, and its PNG draws the funnel.
+Everything here only reads the directory; the one thing written is the PNG.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from tamis.records import InputError
 SUBSET_FILE = "subset.parquet"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_PNG = "scores.png"
+FUNNEL_PNG = "funnel.png"
+RECIPE_STAGE = "recipe"
 
 # Ids derived from the record's position look like "<file>:<line>" (see records.to_pool_record).
 _DERIVED_ID = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
@@ -29,8 +34,6 @@ _DERIVED_ID = re.compile(r"^(?P<source>.+):(?P<line>\d+)$")
 
 def _read_subset(directory: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """The manifest and the subset's columns (as Python lists); InputError if not a subset dir."""
-    subset_path = os.path.join(directory, SUBSET_FILE)
-    manifest_path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isdir(directory):
         raise InputError(f"{directory}: not a directory (expected a subset directory)")
     missing = [
@@ -43,6 +46,11 @@ def _read_subset(directory: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
             f"{directory}: not a subset directory (missing {' and '.join(missing)}; "
             "`tamis select` writes one)"
         )
+    manifest = _read_manifest(os.path.join(directory, MANIFEST_FILE))
+    return manifest, _read_columns(os.path.join(directory, SUBSET_FILE))
+
+
+def _read_manifest(manifest_path: str) -> dict[str, Any]:
     try:
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -50,6 +58,10 @@ def _read_subset(directory: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
         raise InputError(f"{manifest_path}: cannot read the manifest: {err}") from err
     if not isinstance(manifest, dict):
         raise InputError(f"{manifest_path}: expected a JSON object")
+    return manifest
+
+
+def _read_columns(subset_path: str) -> dict[str, list[Any]]:
     # Only the small columns are read; the joined record text is never loaded.
     wanted = ("id", "rank", "score", "weight", "selector", "task", "source")
     try:
@@ -60,8 +72,7 @@ def _read_subset(directory: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     for column in ("id", "score"):
         if column not in table.column_names:
             raise InputError(f"{subset_path}: no {column!r} column (not a tamis subset?)")
-    columns = {c: table.column(c).to_pylist() for c in table.column_names}
-    return manifest, columns
+    return {c: table.column(c).to_pylist() for c in table.column_names}
 
 
 def _score_stats(scores: np.ndarray) -> dict[str, float] | None:
@@ -250,6 +261,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def save_png(fig, path: str) -> str:
+    """Lay out and write a figure as PNG (its directory made if needed); return the path."""
+    fig.tight_layout()
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
 def plot_score_histogram(
     scores: np.ndarray,
     path: str | os.PathLike[str],
@@ -302,12 +323,7 @@ def plot_score_histogram(
     ax.set_ylabel("picks")
     ax.set_title(title or f"scores of {scores.size:,} picks")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_png(fig, path)
 
 
 SKILL_PROFILE = "missing_skill_profile.parquet"
@@ -339,9 +355,241 @@ def plot_skill_profile(profile_path: str, path: str, top: int = 30) -> str:
     ax.set_title(f"missing skills (top {len(rows)}) and their weight after STAT")
     ax.legend(fontsize="small", loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_png(fig, path)
     return path
+
+
+# The keys of one funnel step in a recipe manifest, and what each must hold.
+_STEP_TEXT = ("name", "selector", "kind")
+_STEP_COUNTS = ("in", "kept", "removed")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_step(manifest_path: str, i: int, step: Any) -> dict[str, Any]:
+    """One funnel entry, checked and normalised; InputError naming the entry and key if not."""
+    where = f"{manifest_path}: funnel[{i}]"
+    if not isinstance(step, dict):
+        raise InputError(f"{where}: expected an object, got {step!r}")
+    if isinstance(step.get("name"), str):
+        where += f" ({step['name']})"
+    for key in (*_STEP_TEXT, *_STEP_COUNTS):
+        if key not in step:
+            raise InputError(f"{where}: missing key {key!r}")
+    for key in _STEP_TEXT:
+        if not isinstance(step[key], str) or not step[key]:
+            raise InputError(f"{where}: {key!r} should be a non-empty string, got {step[key]!r}")
+    for key in _STEP_COUNTS:
+        if not _is_count(step[key]):
+            raise InputError(f"{where}: {key!r} should be a count, got {step[key]!r}")
+    seconds = step.get("seconds")
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0
+    ):
+        raise InputError(f"{where}: 'seconds' should be a number, got {seconds!r}")
+    skipped = step.get("skipped", False)
+    if not isinstance(skipped, bool):
+        raise InputError(f"{where}: 'skipped' should be true or false, got {skipped!r}")
+    return {
+        "name": step["name"],
+        "selector": step["selector"],
+        "kind": step["kind"],
+        "dir": step.get("dir"),
+        "in": step["in"],
+        "kept": step["kept"],
+        "removed": step["removed"],
+        "seconds": None if seconds is None else float(seconds),
+        "skipped": skipped,
+    }
+
+
+def _read_recipe_manifest(directory: str) -> dict[str, Any] | None:
+    """The directory's manifest when it is a recipe's, else None (a plain subset dir or none)."""
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        return None
+    try:
+        manifest = _read_manifest(manifest_path)
+    except InputError:
+        return None  # _read_subset reports an unreadable manifest as it always has
+    return manifest if manifest.get("stage") == RECIPE_STAGE else None
+
+
+def summarize_recipe(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The funnel of a recipe directory and the summary of its final subset.
+
+    Returns a JSON-able dict: ``directory``, ``pool`` (items in the pool), ``funnel`` (one
+    dict per stage, in order: ``name``, ``selector``, ``kind``, ``dir``, ``in``, ``kept``,
+    ``removed``, ``seconds``, ``skipped``), ``final_rows`` (rows of the final subset),
+    ``warnings`` (counts that do not add up) and ``final`` (`summarize_subset`'s dict of the
+    final subset). Raises `InputError` naming the file and key when the manifest's ``pool``,
+    ``funnel`` or ``final`` is missing or garbled, or the final subset is missing.
+    """
+    directory = os.fspath(directory)
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory}: not a directory (expected a recipe directory)")
+    manifest = _read_manifest(manifest_path)
+    if manifest.get("stage") != RECIPE_STAGE:
+        raise InputError(f"{manifest_path}: not a recipe manifest ('stage' is not 'recipe')")
+
+    pool = manifest.get("pool")
+    if not _is_count(pool):
+        raise InputError(f"{manifest_path}: 'pool' should be the pool's item count, got {pool!r}")
+    funnel = manifest.get("funnel")
+    if not isinstance(funnel, list) or not funnel:
+        raise InputError(
+            f"{manifest_path}: 'funnel' should be a non-empty list of stages, got {funnel!r}"
+        )
+    steps = [_check_step(manifest_path, i, step) for i, step in enumerate(funnel)]
+
+    final = manifest.get("final", {})
+    if not isinstance(final, dict):
+        raise InputError(f"{manifest_path}: 'final' should be an object, got {final!r}")
+    subset_name = final.get("subset", SUBSET_FILE)
+    if not isinstance(subset_name, str) or not subset_name:
+        raise InputError(
+            f"{manifest_path}: 'final.subset' should be a file name, got {subset_name!r}"
+        )
+    subset_path = os.path.join(directory, subset_name)
+    if not os.path.isfile(subset_path):
+        raise InputError(
+            f"{subset_path}: the recipe's final subset is missing "
+            f"('final.subset' in {manifest_path})"
+        )
+    columns = _read_columns(subset_path)
+    rows = len(columns["id"])
+
+    warnings = []
+    previous = pool
+    for i, step in enumerate(steps):
+        label = f"funnel[{i}] ({step['name']})"
+        if step["in"] != previous:
+            warnings.append(f"{label}: in {step['in']:,} but the step before kept {previous:,}")
+        if step["in"] - step["kept"] != step["removed"]:
+            warnings.append(
+                f"{label}: in {step['in']:,} - kept {step['kept']:,} != removed {step['removed']:,}"
+            )
+        previous = step["kept"]
+    if previous != rows:
+        warnings.append(f"the last stage kept {previous:,} but the final subset has {rows:,} rows")
+    if isinstance(final.get("rows"), int) and final["rows"] != rows:
+        warnings.append(f"manifest says final rows {final['rows']:,}, the subset has {rows:,}")
+
+    # The recipe manifest has no selector/counts/params of its own: the final subset's
+    # selector column names its last selector (or the last stage's, when it has none).
+    selector = columns["selector"][0] if columns.get("selector") else steps[-1]["selector"]
+    return {
+        "directory": directory,
+        "pool": pool,
+        "funnel": steps,
+        "final_rows": rows,
+        "warnings": warnings,
+        "final": _summarize(directory, {"selector": selector}, columns),
+    }
+
+
+def format_funnel(summary: dict[str, Any]) -> str:
+    """The funnel of `summarize_recipe`'s dict: a header line and one aligned line per step."""
+    steps = summary["funnel"]
+    labels = ["pool"] + [
+        f"{i:02d} {s['name']} ({s['selector']}, {s['kind']})" for i, s in enumerate(steps, 1)
+    ]
+    kept = [f"{summary['pool']:,}"] + [f"{s['kept']:,}" for s in steps]
+    removed = [""] + [f"-{s['removed']:,}" for s in steps]
+    seconds = [""] + ["" if s["seconds"] is None else f"{s['seconds']:.1f} s" for s in steps]
+    lw = max(len(x) for x in labels)
+    kw = max(len(x) for x in kept)
+    rw = max(len(x) for x in removed)
+    sw = max(len(x) for x in seconds)
+    lines = [
+        f"recipe {summary['directory']}: {summary['pool']:,} pool items -> "
+        f"{summary['final_rows']:,} in the final subset",
+        f"  {'stage':<{lw}}  {'kept':>{kw}}  {'removed':>{rw}}  {'time':>{sw}}".rstrip(),
+        f"  {labels[0]:<{lw}}  {kept[0]:>{kw}}",
+    ]
+    for i, s in enumerate(steps, 1):
+        line = f"  {labels[i]:<{lw}}  {kept[i]:>{kw}}  {removed[i]:>{rw}}  {seconds[i]:>{sw}}"
+        if s["skipped"]:
+            line += "  (skipped: unchanged)"
+        lines.append(line.rstrip())
+    lines.extend(f"  warning: {w}" for w in summary["warnings"])
+    return "\n".join(lines)
+
+
+def format_recipe(summary: dict[str, Any]) -> str:
+    """The funnel, then the usual summary of the final subset."""
+    return format_funnel(summary) + "\n" + format_summary(summary["final"])
+
+
+# Bar colours per stage kind; other kinds cycle through the rest of tab10.
+_KIND_COLORS = {"filter": "tab:blue", "select": "tab:orange", "weight": "tab:green"}
+
+
+def plot_funnel(
+    pool: int,
+    funnel: list[dict[str, Any]],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> str:
+    """Write a PNG of a recipe's funnel: one horizontal bar per step, the pool first.
+
+    Each bar is as long as the step kept; a lighter segment after it shows what the step
+    removed (so kept + removed spans the step's input). ``funnel`` holds
+    `summarize_recipe`'s steps. Returns the path written.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import StrMethodFormatter
+
+    path = os.fspath(path)
+    labels = ["pool"] + [
+        f"{i:02d} {s['name']}\n{s['selector']} · {s['kind']}" for i, s in enumerate(funnel, 1)
+    ]
+    kept = [pool] + [s["kept"] for s in funnel]
+    removed = [0] + [s["removed"] for s in funnel]
+    spare = colormaps["tab10"].colors[3:]  # tab10's first three are the known kinds'
+    by_kind: dict[str, Any] = dict(_KIND_COLORS)
+    for kind in dict.fromkeys(s["kind"] for s in funnel):
+        if kind not in by_kind:
+            by_kind[kind] = spare[(len(by_kind) - len(_KIND_COLORS)) % len(spare)]
+    colors = ["tab:gray"] + [by_kind[s["kind"]] for s in funnel]
+
+    fig = Figure(figsize=(8, max(2.5, 0.6 * len(labels) + 1.2)), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    y = np.arange(len(labels))
+    ax.barh(y, kept, height=0.6, color=colors, edgecolor="white")
+    ax.barh(
+        y, removed, left=kept, height=0.6, color=colors, alpha=0.3, edgecolor="white", hatch="//"
+    )
+    widest = max(k + r for k, r in zip(kept, removed, strict=True)) or 1
+    for i, (k, r) in enumerate(zip(kept, removed, strict=True)):
+        text = f"{k:,}" + ("" if i == 0 else f" kept   -{r:,}")
+        if i and funnel[i - 1]["skipped"]:
+            text += "  (skipped)"
+        ax.text(k + r + widest * 0.01, i, text, va="center", fontsize="small")
+    ax.set_yticks(y, labels, fontsize="small")
+    ax.invert_yaxis()  # the pool on top, the final stage at the bottom
+    ax.set_xlim(0, widest * 1.4)
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.set_xlabel("items (solid: kept, hatched: removed by the step)")
+    ax.set_title(title or f"funnel: {pool:,} pool items -> {kept[-1]:,}")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    return save_png(fig, path)
+
+
+def _report_recipe(directory: str, output_png: str | os.PathLike[str] | None) -> tuple[str, str]:
+    summary = summarize_recipe(directory)
+    png = output_png if output_png is not None else os.path.join(directory, FUNNEL_PNG)
+    name = os.path.basename(os.path.normpath(directory))
+    title = f"funnel of {name}: {summary['pool']:,} pool items -> {summary['final_rows']:,}"
+    png = plot_funnel(summary["pool"], summary["funnel"], png, title=title)
+    return format_recipe(summary), png
 
 
 def report(
@@ -349,9 +597,14 @@ def report(
 ) -> tuple[str, str]:
     """Summarise a subset directory and plot its scores: (text, PNG path).
 
-    The PNG goes to ``output_png``, by default ``<directory>/scores.png``.
+    The PNG goes to ``output_png``, by default ``<directory>/scores.png``. A recipe directory
+    (its manifest says ``"stage": "recipe"``) gets its funnel (`format_funnel`) followed by
+    the summary of its final subset, and the PNG draws the funnel (`plot_funnel`), by default
+    at ``<directory>/funnel.png``.
     """
     directory = os.fspath(directory)
+    if os.path.isdir(directory) and _read_recipe_manifest(directory) is not None:
+        return _report_recipe(directory, output_png)
     manifest, columns = _read_subset(directory)
     summary = _summarize(directory, manifest, columns)
     scores = _float_array(columns["score"])
