@@ -304,7 +304,7 @@ def quality(estimate: Any, candidates: Any, relevant: np.ndarray) -> dict[str, A
 def run_estimation(
     args: argparse.Namespace, candidates: Any, relevant: np.ndarray
 ) -> dict[str, Any]:
-    from tamis.selectors.base import make_selector
+    from tamis.selectors import make_selector
 
     out: dict[str, Any] = {}
     runs = [("em", "em", args.em_repeats, None), ("cet", "cet", args.cet_repeats, None)]

@@ -141,7 +141,8 @@ def write_data(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def tamis_side(args: argparse.Namespace, work: Path, subsample: bool) -> dict[str, Any]:
     import pyarrow as pa
 
-    from tamis.selectors.base import SelectionInputs, make_selector
+    from tamis.selectors import make_selector
+    from tamis.selectors.base import SelectionInputs
 
     baseline = peak_rss_mib()
     suffix = "_sub" if subsample else ""

@@ -167,7 +167,7 @@ def run_seed(
     c: float,
 ) -> dict[str, dict[str, Any]]:
     """Accuracy after each round and the picked pool positions, per arm, for one seed."""
-    from tamis.active import ActiveLearningRounds
+    from tamis.pipelines.active import ActiveLearningRounds
 
     n_classes = int(labels.max()) + 1
     pool_ids = [ids[p] for p in pool]

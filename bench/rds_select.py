@@ -237,7 +237,8 @@ def round_robin_full_sort(task_scores: list[np.ndarray], budget: int) -> np.ndar
 
 def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from tamis.embeddings.store import iter_vector_blocks, read_ids
-    from tamis.selectors.base import SelectionInputs, make_selector
+    from tamis.selectors import make_selector
+    from tamis.selectors.base import SelectionInputs
     from tamis.selectors.rds import round_robin, top_k_indices
 
     baseline = peak_rss_mib()

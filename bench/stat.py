@@ -287,13 +287,13 @@ def run_chain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Time the chain once, step by step; then check what it produced."""
     import polars as pl
 
+    from tamis.inputs.skills import read_evaluation, read_frame, skill_table
     from tamis.selectors.stat_core import (
         missing_skill_counts,
         skill_map,
         stat_sample,
         stat_weights,
     )
-    from tamis.skills import read_evaluation, read_frame, skill_table
 
     baseline = peak_rss_mib()
     pool, evaluation = str(work / "pool.parquet"), str(work / "evaluation.jsonl")
@@ -312,7 +312,7 @@ def run_chain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     lap("skill_table")
     smap = skill_map(table.offsets, table.codes, len(table.names))
     lap("skill_map")
-    ev = read_evaluation(evaluation, table.names)
+    ev = read_evaluation(evaluation, table.names, TAU1, TAU2)
     lap("evaluation")
     counts = missing_skill_counts(ev.missing_codes, len(table.names))
     weights = stat_weights(counts, smap, k=args.k, n_examples=len(table.ids))

@@ -52,8 +52,12 @@ def test_wrong_type_names_the_key():
 def test_missing_required_key():
     assert _error({"pool": {"text_field": "t"}}) == "pool.path: required key missing"
     assert _error({**VALID, "queries": {"tech": {}}}).startswith("queries.tech: give exactly one")
-    message = _error({**VALID, "selection": {"selector": "rds"}})
-    assert message == "selection.budget: required key missing"
+    # Whether a stage needs a budget is the selector's to say: checked before any work.
+    from tamis.pipelines.select import plan_selection
+
+    config = config_from_dict({**VALID, "selection": {"selector": "rds", "output": "out/s"}})
+    with pytest.raises(ConfigError, match=r"^selection.budget: required key missing$"):
+        plan_selection(config)
 
 
 def test_value_checks():
@@ -115,7 +119,7 @@ def test_every_example_config_is_valid():
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
 def test_shipped_example_configs_load_and_their_selectors_validate(path):
-    from tamis.selectors.base import make_selector
+    from tamis.selectors import make_selector
 
     config = load_config(str(path))
     if config.selection is not None:

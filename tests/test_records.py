@@ -156,3 +156,18 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write(str(target), b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_selector_input_tables_refuse_cut_gzip_and_corrupt_parquet(tmp_path):
+    from tamis.records import InputError, read_table_files
+
+    rows = [{"id": f"r{i}", "x": i} for i in range(2000)]
+    whole = gzip.compress("\n".join(json.dumps(r) for r in rows).encode() + b"\n")
+    (tmp_path / "whole.jsonl.gz").write_bytes(whole)
+    assert read_table_files(str(tmp_path / "whole.jsonl.gz")).num_rows == 2000
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut.jsonl.gz: damaged or cut compressed file"):
+        read_table_files(str(tmp_path / "cut.jsonl.gz"))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match=r"bad.parquet: not a readable Parquet file"):
+        read_table_files(str(tmp_path / "bad.parquet"))

@@ -85,12 +85,36 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--per-topic", type=int, default=5, help="queries per topic (default 5)")
 
     report = verbs.add_parser(
-        "report", help="summarise a subset directory and plot its scores as a PNG"
+        "report",
+        help="summarise a subset directory (or a recipe's funnel) and plot it as a PNG",
     )
-    report.add_argument("directory", help="subset directory (written by `tamis select`)")
+    report.add_argument("directory", help="subset or recipe directory (from `tamis select`)")
     report.add_argument(
-        "--png", metavar="PATH", help="histogram path (default DIRECTORY/scores.png)"
+        "--png",
+        metavar="PATH",
+        help="plot path (default DIRECTORY/scores.png; a recipe: DIRECTORY/funnel.png)",
     )
+
+    embeddings = verbs.add_parser(
+        "embeddings", help="embeddings dirs: import vectors made elsewhere"
+    )
+    actions = embeddings.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imports = actions.add_parser(
+        "import",
+        help="vectors made elsewhere -> a finished embeddings dir every selector reads",
+        description="SRC: Parquet (file, glob or dir) or JSONL with an id column and a list "
+        "column; a .npy matrix with --ids; or a datasets save_to_disk dir. Checked: one "
+        "dimension, unique non-null ids, no NaN/inf vectors.",
+    )
+    imports.add_argument("source", metavar="SRC")
+    imports.add_argument("output", metavar="OUT", help="the embeddings dir to write")
+    imports.add_argument("--id-column", default="id", help="the ids' column (default id)")
+    imports.add_argument(
+        "--vector-column", help="the vectors' column (default: the only list column)"
+    )
+    imports.add_argument("--ids", metavar="FILE", help=".npy: the ids, one per line (or id col)")
+    imports.add_argument("--shard-size", type=int, default=5000, help="rows per part file")
+    imports.add_argument("--overwrite", action="store_true", help="replace another dir's files")
     return parser
 
 
@@ -142,109 +166,31 @@ def _embed(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-def _print_stream_summary(manifest: dict, output: str) -> None:
-    c, info = manifest["counts"], manifest["info"]
+def _print_stage(plan, manifest: dict, skipped: bool) -> None:
+    """A finished stage: the selector's own summary lines, then where its files are."""
+    if skipped:
+        print(f"{plan.name}: unchanged since the last run, skipped ({plan.output})")
+        return
+    for line in plan.selector.summary(manifest, plan.output):
+        print(line)
+    print(f"  subset: {os.path.join(plan.output, 'subset.parquet')} (and subset.jsonl)")
+    print(f"  manifest: {os.path.join(plan.output, 'manifest.json')}")
+
+
+def _print_recipe_summary(manifest: dict, output: str) -> None:
+    steps = manifest["funnel"]
     print(
-        f"queried {c['queried']:,} of {c['items']:,} stream items "
-        f"({100 * info['query_rate']:.2f}%, budget {100 * info['budget_fraction']:g}%) with "
-        f"stream_al {info['strategy']} in {manifest['seconds']['wall']:.1f} s "
-        f"({info['items_per_second']:,} items/s deciding)"
+        f"recipe: {manifest['pool']:,} pool items -> {manifest['final']['rows']:,} in the final "
+        f"subset ({len(steps)} stages, {manifest['seconds']['wall']:.1f} s)"
     )
-    for key, k in c.get("per_stream_key", {}).items():
-        print(f"  {key}: {k['queried']:,} of {k['items']:,}")
-    print(f"  decisions: {os.path.join(output, 'decisions.parquet')}")
-    print(f"  state (resume from it): {os.path.join(output, 'stream_state.json')}")
-
-
-def _print_stat_summary(manifest: dict, output: str) -> None:
-    c, info = manifest["counts"], manifest["info"]
-    print(
-        f"stat ({info['mode']}): {c['difficult']:,} of {c['questions']:,} questions difficult, "
-        f"{c['missing_skill_pairs']:,} missing-skill mentions; {c['examples_with_weight']:,} "
-        f"of {c['pool']:,} examples weighted, {c['selected']:,} in the subset"
-    )
-    missed = ", ".join(f"{skill} ({count})" for skill, count in info["most_missed"])
-    print(f"  most missed skills: {missed}")
-    if c["unknown_skills"]:
-        unknown = ", ".join(f"{s} ({n})" for s, n in list(c["unknown_skills"].items())[:5])
-        print(f"  missing skills no training example carries: {unknown}")
-    print(f"  profile: {os.path.join(output, 'missing_skill_profile.parquet')}")
-
-
-def _print_scaling_law_summary(manifest: dict, output: str) -> None:
-    c, info = manifest["counts"], manifest["info"]
-    print(
-        f"scaling_law at {info['compute']:.3g} samples seen: top {info['top_m']} buckets "
-        f"({', '.join(info['best_buckets'])}; predicted error "
-        f"{info['predicted_error']:.4f}); {c['selected']:,} of {c['pool']:,} items kept"
-    )
-
-
-def _print_cet_summary(manifest: dict, output: str) -> None:
-    c, info = manifest["counts"], manifest["info"]
-    print(
-        f"cet ({info['method']}): mined {c['candidates']:,} candidates for {c['queries']:,} "
-        f"queries ({c['labelled_candidates']:,} labelled) in {info['seconds']['mine']:.1f} s, "
-        f"estimated in {info['seconds']['estimate']:.1f} s"
-    )
-    print(
-        f"  expected false negatives among the unlabelled: "
-        f"{info['expected_false_negatives']:,.0f} of {c['unlabelled_candidates']:,}; "
-        f"{c['excluded']:,} excluded, {c['kept_negatives']:,} hard negatives kept"
-        + (
-            f" ({c['queries_without_kept_negatives']:,} queries keep none)"
-            if c["queries_without_kept_negatives"]
-            else ""
+    for step in steps:
+        note = " (skipped: unchanged)" if step["skipped"] else ""
+        print(
+            f"  {step['dir']}: {step['in']:,} -> {step['kept']:,} ({step['selector']}, "
+            f"{step['kind']}){note}"
         )
-    )
-    if "warning" in info:
-        print(f"  note: {info['warning']}")
-    print(f"  candidates: {os.path.join(output, 'candidates.parquet')}")
-    print(f"  review queue: {os.path.join(output, 'review_queue.parquet')} ({c['review_queue']:,})")
-
-
-def _print_select_summary(manifest: dict, output: str) -> None:
-    printers = {
-        "stream_al": _print_stream_summary,
-        "stat": _print_stat_summary,
-        "scaling_law": _print_scaling_law_summary,
-        "cet": _print_cet_summary,
-    }
-    printers.get(manifest["selector"], _print_ranked_summary)(manifest, output)
     print(f"  subset: {os.path.join(output, 'subset.parquet')} (and subset.jsonl)")
     print(f"  manifest: {os.path.join(output, 'manifest.json')}")
-
-
-def _print_ranked_summary(manifest: dict, output: str) -> None:
-    c = manifest["counts"]
-    print(
-        f"selected {c['selected']:,} of {c['candidates']:,} candidates with "
-        f"{manifest['selector']} in {manifest['seconds']['wall']:.1f} s"
-        + (
-            f" ({c['excluded_duplicates']:,} exact duplicates removed)"
-            if c["excluded_duplicates"]
-            else ""
-        )
-    )
-    agreement = manifest.get("label_agreement", {})
-    for task, picked in c.get("per_task", {}).items():
-        line = f"  {task}: {picked:,} picks"
-        if task in agreement:
-            on = agreement[task]["on_label"]
-            line += f", {on}/{picked} on topic ({100 * on / max(picked, 1):.0f}%)"
-        print(line)
-    info = manifest.get("info", {})
-    if "coverage_radius_last" in info:
-
-        def radius(value: float | None) -> str:  # None: infinite (no centers yet)
-            return "inf" if value is None else f"{value:.4f}"
-
-        print(
-            f"  coverage radius ({info['metric']}): {radius(info['coverage_radius_first'])} "
-            f"at the first pick, {radius(info['coverage_radius_last'])} at the last, "
-            f"{radius(info['coverage_radius_after'])} after "
-            f"({c.get('labeled', 0):,} labelled before)"
-        )
 
 
 def _scaling(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -272,23 +218,51 @@ def _select(args: argparse.Namespace, beam_args: list[str]) -> int:
     from tamis.pipelines.select import run_select
 
     config = _load(args)
-    if config.selection is None:
-        raise ConfigError("selection: required key missing")
-    manifest = run_select(config, beam_args)
-    _print_select_summary(manifest, str(config.selection.output))
+    if config.selection is None and config.recipe is None:
+        raise ConfigError("selection: required key missing (or a recipe section)")
+    manifest = run_select(config, beam_args, on_stage=_print_stage)
+    if config.recipe is not None:
+        _print_recipe_summary(manifest, str(config.recipe.output))
     return 0
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from tamis.selectors.base import make_selector
+    from tamis.pipelines.select import plan_selection
 
     config = _load(args)
-    if config.selection is not None:  # a bad selector config fails before embedding
-        make_selector(config.selection.selector, config.selection.params)
+    selects = config.selection is not None or config.recipe is not None
+    if selects:  # a bad stage config fails before embedding
+        plan_selection(config)
     status = _embed(args, beam_args)
-    if status == 0 and config.selection is not None:
+    if status == 0 and selects:
         status = _select(args, beam_args)
     return status
+
+
+def _embeddings(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tamis.pipelines.import_vectors import import_embeddings
+
+    if beam_args:
+        raise ConfigError(f"embeddings import: unexpected arguments: {' '.join(beam_args)}")
+    if args.shard_size < 1:
+        raise ConfigError(f"--shard-size: must be >= 1, got {args.shard_size}")
+    manifest = import_embeddings(
+        args.source,
+        args.output,
+        id_column=args.id_column,
+        vector_column=args.vector_column,
+        ids=args.ids,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
+    model = manifest["model"]
+    print(
+        f"imported {manifest['counts']['embedded']:,} vectors of dimension {model['dim']} from "
+        f"{args.source} ({'' if model.get('normalized') else 'not '}L2-normalised)"
+    )
+    print(f"  embeddings: {args.output}/part-*.parquet")
+    print(f"  manifest: {os.path.join(args.output, 'manifest.json')}")
+    return 0
 
 
 _BAD_RECORD = re.compile(r"BadRecordError: (.+)")
@@ -363,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tamis: error: {err}", file=sys.stderr)
             return 2
         print(text)
-        print(f"  histogram: {png}")
+        print(f"  plot: {png}")
         return 0
     if unknown:
         parser.error(f"unexpected arguments: {' '.join(unknown)} (Beam flags start with --)")
@@ -371,7 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     from tamis.pipelines.embed import OutputConflictError
     from tamis.records import BadRecordError, InputError
 
-    handlers = {"embed": _embed, "select": _select, "run": _run, "scaling": _scaling}
+    handlers = {
+        "embed": _embed,
+        "select": _select,
+        "run": _run,
+        "scaling": _scaling,
+        "embeddings": _embeddings,
+    }
     try:
         return handlers[args.verb](args, rest)
     except (ConfigError, InputError, ModelLoadError, OutputConflictError, BadRecordError) as err:

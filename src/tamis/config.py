@@ -83,8 +83,8 @@ class IndexConfig:
 @dataclass
 class SelectionConfig:
     selector: str
-    # A count, a fraction or "N%" (every selector but cet, which keeps
-    # params.negatives_per_query per query).
+    # A count, a fraction or "N%" (required by select stages; filter and weight stages keep
+    # all that pass without one; cet keeps params.negatives_per_query per query).
     budget: int | float | str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     join_records: bool = False
@@ -94,9 +94,36 @@ class SelectionConfig:
     # A pool column holding a label to compare with task names (demos and evaluation):
     # the summary then says how many of each task's picks carry that task's label.
     label_field: str | None = None
-    # Score pool shards on Beam workers (rds); always so on non-local runners.
+    # Run on Beam workers (selectors that have a Beam form); always so on non-local runners.
     distributed: bool = False
     output: str | None = None
+    # An earlier subset dir: only its ids are candidates and their weights carry on (this
+    # stage's weights multiply them), as in a recipe.
+    candidates: str | None = None
+
+
+@dataclass
+class RecipeStageConfig:
+    """One stage of a recipe: the selection keys, without output (the recipe names it)."""
+
+    selector: str
+    name: str | None = None  # default: the selector's name; names must be unique
+    budget: int | float | str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    join_records: bool = False  # the stage's own subset dir; the final subset is joined
+    seed: int = 0
+    deduplicate: bool = False
+    label_field: str | None = None
+    distributed: bool = False
+
+
+@dataclass
+class RecipeConfig:
+    """Stages chained over one pool: stage k's candidates are the ids stage k-1 kept."""
+
+    stages: list[RecipeStageConfig]
+    output: str | None = None  # NN-name/ per stage, the final subset and the funnel
+    join_records: bool = True  # the final subset carries the pool records' fields
 
 
 @dataclass
@@ -149,6 +176,7 @@ class Config:
     queries: dict[str, QuerySource] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
     selection: SelectionConfig | None = None
+    recipe: RecipeConfig | None = None
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scaling: ScalingConfig | None = None
 
@@ -318,9 +346,19 @@ def validate(config: Config) -> None:
         raise ConfigError(f"runner.num_workers: must be >= 1, got {config.runner.num_workers}")
     if config.pool is not None and not config.pool.path:
         raise ConfigError("pool.path: must name at least one file, glob or directory")
-    selection = config.selection
-    if selection is not None and selection.budget is None and selection.selector != "cet":
-        raise ConfigError("selection.budget: required key missing")
+    if config.selection is not None and config.recipe is not None:
+        raise ConfigError("recipe: give either selection (one stage) or recipe (stages), not both")
+    if config.recipe is not None:
+        if not config.recipe.stages:
+            raise ConfigError("recipe.stages: name at least one stage")
+        names = [stage.name or stage.selector for stage in config.recipe.stages]
+        for i, name in enumerate(names):
+            if not name or any(c in name for c in "/\\:") or name.startswith("."):
+                raise ConfigError(f"recipe.stages[{i}].name: {name!r} is not a directory name")
+            if name in names[:i]:
+                raise ConfigError(
+                    f"recipe.stages[{i}].name: {name!r} is used twice (stages need unique names)"
+                )
     for name, source in config.queries.items():
         if (source.path is None) == (source.embeddings is None):
             raise ConfigError(f"queries.{name}: give exactly one of 'path' or 'embeddings'")

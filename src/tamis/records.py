@@ -13,10 +13,12 @@ gs:// paths on Dataflow workers.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -407,13 +409,24 @@ def read_table_files(path: str | list[str]) -> Any:
     for source in resolve_inputs(path):
         if source.format == "parquet":
             with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                tables.append(pq.read_table(f))
-        elif source.format == "jsonl":
-            with FileSystems.open(source.path, compression_type=CompressionTypes.AUTO) as f:
                 try:
-                    tables.append(pajson.read_json(f))
-                except pa.ArrowInvalid as err:
-                    raise InputError(f"{source.path}: {err}") from None
+                    tables.append(pq.read_table(f))
+                except (pa.ArrowException, OSError) as err:
+                    message = f"{source.path}: not a readable Parquet file ({err})"
+                    raise InputError(message) from None
+        elif source.format == "jsonl":
+            try:
+                # Whole bytes, decompressed by gzip itself: Beam's decompressing stream reads
+                # a cut .gz short without a word; gzip.decompress raises on it.
+                data = read_bytes(source.path)
+                if source.path.endswith(".gz"):
+                    data = gzip.decompress(data)
+            except (OSError, EOFError, zlib.error) as err:
+                raise InputError(f"{source.path}: damaged or cut compressed file ({err})") from None
+            try:
+                tables.append(pajson.read_json(pa.BufferReader(data)))
+            except pa.ArrowInvalid as err:
+                raise InputError(f"{source.path}: {err}") from None
         else:
             raise InputError(f"{source.path}: expected Parquet or JSONL")
     if len(tables) == 1:

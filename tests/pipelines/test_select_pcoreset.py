@@ -11,8 +11,8 @@ import yaml
 from conftest import write_jsonl
 from tamis.cli import main as tamis_main
 from tamis.config import ConfigError, config_from_dict
+from tamis.inputs.probabilities import softmax
 from tamis.pipelines.select import run_select
-from tamis.probabilities import softmax
 from tamis.records import InputError
 from tamis.selectors.kcenter import k_center_greedy
 

@@ -159,7 +159,7 @@ def test_distributed_select_writes_the_local_subset(bbc_job, tmp_path):
     assert beam["counts"] == local["counts"]
     subset = (tmp_path / "local" / "subset.jsonl").read_text()
     assert (tmp_path / "beam" / "subset.jsonl").read_text() == subset
-    with pytest.raises(ConfigError, match="only rds with multi_task"):
+    with pytest.raises(ConfigError, match="query_round_robin runs locally only"):
         run_select(
             with_selection(
                 data,
@@ -167,6 +167,10 @@ def test_distributed_select_writes_the_local_subset(bbc_job, tmp_path):
                 params={"query_round_robin": True},
                 output=str(tmp_path / "x"),
             )
+        )
+    with pytest.raises(ConfigError, match="coreset does not run on Beam workers"):
+        run_select(
+            with_selection(data, distributed=True, selector="coreset", output=str(tmp_path / "y"))
         )
 
 

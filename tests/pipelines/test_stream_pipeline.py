@@ -15,10 +15,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import write_jsonl
 from tamis.cli import main as tamis_main
 from tamis.config import ConfigError, config_from_dict
+from tamis.inputs import StageContext, load_inputs
 from tamis.pipelines.select import run_select
-from tamis.pipelines.stream import DecideStream, load_stream_items, stream_elements
 from tamis.records import InputError
-from tamis.selectors.base import make_selector
+from tamis.selectors import make_selector
+from tamis.selectors.stream_beam import DecideStream, stream_elements
 from tamis.selectors.stream_budget import StreamDecider
 
 N = 400
@@ -142,7 +143,8 @@ def test_decide_stream_on_a_test_stream_with_late_arrivals(items):
     root, _ = items
     config = config_from_dict(job(root, strategy="biqf", key_field="team"))
     selector = make_selector("stream_al", config.selection.params)
-    stream = load_stream_items(config, selector.params)
+    ctx = StageContext(config, "selection", selector.params, selector.pool_input, "", "")
+    stream = load_inputs(ctx, selector.needs).stream.items
     run_select(config)
     expected = [(r["id"], r["queried"]) for r in decisions(root)]  # the local run's decisions
 

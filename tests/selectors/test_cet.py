@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tamis.config import ConfigError
-from tamis.selectors.base import make_selector
+from tamis.selectors import make_selector
 from tamis.selectors.cet import CandidateArrays, per_query_mean_one, relevance_feature_matrix
 from tamis.selectors.cet_core import auc, reliability_error
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tamis.config import ConfigError
-from tamis.selectors.base import SelectionInputs, make_selector, parse_budget
+from tamis.selectors import make_selector
+from tamis.selectors.base import SelectionInputs, parse_budget
 from tamis.selectors.rds import top_per_query
 
 

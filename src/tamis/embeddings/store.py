@@ -127,3 +127,14 @@ def read_embeddings(directory: str) -> tuple[list[str], np.ndarray]:
         dim = embeddings_manifest(directory).get("model", {}).get("dim", 0)
         return ids, np.zeros((0, dim), dtype=np.float32)
     return ids, np.concatenate(blocks)
+
+
+def part_offsets(directory: str) -> list[tuple[str, int]]:
+    """(part path, pool position of its first row), from the Parquet footers alone."""
+    offsets, start = [], 0
+    for path in embedding_parts(directory):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        offsets.append((path, start))
+        start += rows
+    return offsets

@@ -10,35 +10,34 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 import polars as pl
 
 from tamis.config import Config, ConfigError, require
+from tamis.inputs.buckets import read_fit_json
 from tamis.records import InputError
-from tamis.selectors.scaling_laws import ScalingFit, fit_scaling_laws, mixture_errors, plan
+from tamis.selectors import scaling_laws
+from tamis.selectors.scaling_laws import (
+    ScalingFit,
+    fit_from_json,
+    fit_scaling_laws,
+    mixture_errors,
+    plan,
+)
 
 FIT = "fit.json"
 PLAN_CSV = "plan.csv"
 PLAN_JSON = "plan.json"
 PLAN_PNG = "plan.png"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kKmMbBtT]?)\s*$")
-_UNIT = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 
 
 def parse_count(value: int | float | str, key: str) -> float:
     """A sample count: 12800000, 1.28e9, "12.8M", "1.28B", "100k"."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        count = float(value)
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise ConfigError(f"{key}: expected a count like 32M or 1.28B, got {value!r}")
-        count = float(match[1]) * _UNIT[match[2].lower()]
-    if not count > 0:
-        raise ConfigError(f"{key}: must be positive, got {value!r}")
-    return count
+    try:
+        return scaling_laws.parse_count(value, key)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def read_observations(path: str, default_pool_size: float | None) -> tuple[dict, dict]:
@@ -115,13 +114,13 @@ def run_fit(config: Config) -> dict:
 
 
 def load_fit(path: str) -> ScalingFit:
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no fit; run `tamis scaling fit` first")
-    with open(path) as f:
-        data = json.load(f)
-    return ScalingFit(
-        data["a"], data["d"], data["buckets"], data["loss"], data["z"], data["method"]
-    )
+    """fit.json as a ScalingFit; a missing, non-JSON or partial file is an InputError."""
+    try:
+        return fit_from_json(read_fit_json(path))
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{path}: {err}") from None
 
 
 def run_plan(config: Config) -> dict:
@@ -199,58 +198,3 @@ def plot_plan(fit: ScalingFit, budgets: list[float], frontier: list[dict], path:
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
-
-
-def run_scaling_select(config: Config, selector, started: float) -> dict:
-    """The pool items of the plan's best buckets at `params.compute` -> a subset dir."""
-    import time
-
-    from tamis.pipelines.select import finish_select
-    from tamis.selectors.base import parse_budget
-    from tamis.selectors.scaling_law import quantile_buckets
-    from tamis.skills import read_frame
-
-    selection_cfg = require(config.selection, "selection")
-    p = selector.params
-    fit = load_fit(require(p.fit, "selection.params.fit"))
-    samples_seen = parse_count(
-        require(p.compute, "selection.params.compute"), "selection.params.compute"
-    )
-    pool = require(config.pool, "pool")
-    frame = read_frame(pool.path)
-    id_field = pool.id_field
-    if id_field not in frame.columns:
-        raise InputError(f"{pool.path}: no {id_field!r} column")
-    ids = frame.get_column(id_field).cast(pl.String).to_list()
-    quality = None
-    if p.quality_field in frame.columns:
-        quality = frame.get_column(p.quality_field).cast(pl.Float64).to_numpy()
-    select_started = time.perf_counter()
-    keep, predicted = selector.best_buckets(fit, samples_seen)
-    if p.bucket_field in frame.columns:
-        buckets = frame.get_column(p.bucket_field).cast(pl.String).to_list()
-        unknown = sorted(set(buckets) - set(fit.buckets))
-        if unknown:
-            raise InputError(
-                f"{pool.path}: buckets {unknown[:5]} are not in the fit ({sorted(fit.buckets)})"
-            )
-    elif quality is not None:
-        order = sorted(fit.buckets, key=lambda name: (fit.buckets[name]["b"], name))
-        buckets = quantile_buckets(quality, order)
-    else:
-        raise ConfigError(
-            f"selection.params: the pool needs a {p.bucket_field!r} or {p.quality_field!r} column"
-        )
-    budget = parse_budget(selection_cfg.budget, len(ids))
-    selection = selector.select_buckets(ids, buckets, keep, quality, budget)
-    seconds = time.perf_counter() - select_started
-    selection.info = {
-        "compute": samples_seen,
-        "best_buckets": keep,
-        "top_m": len(keep),
-        "predicted_error": predicted,
-    }
-    counts = {"pool": len(ids), "in_best_buckets": sum(b in set(keep) for b in buckets),
-              "budget": budget, "selected": len(selection)}  # fmt: skip
-    origin = {"fit": p.fit, "pool": str(pool.path)}
-    return finish_select(config, selector, selection, counts, origin, seconds, started)

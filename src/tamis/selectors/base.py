@@ -1,49 +1,55 @@
 """The selector protocol, the registry, budgets, and the `Selection` every selector returns.
 
-A selector is a class registered by name. It declares the inputs it needs and a dataclass
-of parameters (validated from `selection.params` with key paths in errors), and its
-`select` is a pure function of arrays: no Beam, no files.
+A selector is a class registered by name. It declares:
+- ``needs``: the named inputs it reads; `tamis.inputs` has one loader per name and the
+  select stage loads exactly these (`SelectionInputs` holds them);
+- ``pool_input``: the one of them whose ids are the pool (a recipe chains stages on them);
+- ``kind``: ``select`` (keeps ``budget`` items in pick order), ``filter`` (keeps every item
+  that passes) or ``weight`` (keeps items and sets their weights);
+- ``distributed``: whether `select_distributed` also runs it on Beam workers;
+- ``Params``: a dataclass validated from ``params`` (errors name ``<stage>.params.KEY``).
+
+`select` is a pure function of the loaded arrays: no Beam, no files. Extra tables a selector
+produces (decisions, a skill profile, mined candidates...) go in `Selection.outputs`; the
+stage writes them with the subset.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from tamis.config import ConfigError, build_dataclass
+from tamis.config import ConfigError, RunnerConfig, build_dataclass
+from tamis.inputs.context import (  # noqa: F401  (the input names, re-exported)
+    BUCKETED_POOL,
+    EMBEDDINGS,
+    LABELED,
+    PROBABILITIES,
+    QUERY_EMBEDDINGS,
+    RETRIEVAL,
+    SKILLS,
+    STREAM_ITEMS,
+    TEXTS,
+    SelectionInputs,
+    candidate_mask,
+)
 
-# What a selector may declare it needs (the select pipeline provides these).
-EMBEDDINGS = "embeddings"
-QUERY_EMBEDDINGS = "query_embeddings"
-PROBABILITIES = "probabilities"  # (N, C) class-probability vectors of the pool
-LABELED = "labeled"  # pool positions already labelled (from selection.params)
-STREAM_ITEMS = "stream_items"  # items in arrival order, decided one by one (stream_al)
-SKILLS = "skills"  # skill tags of the pool and the student's evaluation (stat)
-BUCKETED_POOL = "bucketed_pool"  # pool rows with a quality bucket or score (scaling_law)
-RETRIEVAL = "retrieval"  # queries, qrels and a corpus to mine candidates from (cet)
+StageKind = Literal["select", "filter", "weight"]
+STAGE_KINDS: tuple[StageKind, ...] = ("select", "filter", "weight")
 
 
 @dataclass
-class SelectionInputs:
-    """What the select pipeline hands a selector."""
+class BeamJob:
+    """What a selector's Beam form needs from the stage: the runner and a scratch dir."""
 
-    # Pool ids in pool order: a list, or an Arrow string array (a million Python strings
-    # would cost ~100 MB; the select stage passes Arrow and only picks become strings).
-    ids: Sequence[str] | pa.Array
-    # Re-iterable (B, dim) float32 blocks of the pool embeddings, in pool order; a callable
-    # so a selector can stream the pool (several passes if it needs them).
-    blocks: Callable[[], Iterator[np.ndarray]] | None = None
-    dim: int | None = None
-    queries: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (Q, dim)
-    # Pool positions a selector must not pick (e.g. exact duplicates removed before).
-    excluded: np.ndarray | None = None
-    probabilities: np.ndarray | None = None  # (N, C) float32, rows summing to 1
-    labeled: np.ndarray | None = None  # pool positions of labelled examples
+    runner: RunnerConfig
+    beam_args: list[str] | None
+    work_dir: str  # the stage's output dir; intermediates go under it and are removed
 
 
 @dataclass
@@ -57,6 +63,10 @@ class Selection:
     weight: np.ndarray | None = None  # None: every pick weighs 1.0
     columns: dict[str, list | np.ndarray] = field(default_factory=dict)  # method columns
     info: dict[str, Any] = field(default_factory=dict)  # method statistics for the manifest
+    counts: dict[str, Any] = field(default_factory=dict)  # method counts for the manifest
+    # Extra outputs by file name: .parquet (an Arrow table), .jsonl (a table, as JSON lines)
+    # or .json (a JSON value); the stage writes them beside the subset.
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -81,6 +91,13 @@ class Selector:
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
+    pool_input: ClassVar[str] = EMBEDDINGS
+    kind: StageKind = "select"
+    distributed: ClassVar[bool] = False  # True: `select_distributed` runs on Beam workers
+    # False: the selector works on the whole pool only (it cannot follow another stage).
+    accepts_candidates: ClassVar[bool] = True
+    # None: the stage's budget is optional (filters keep all that pass, weights weigh all).
+    budget_required: ClassVar[bool] = True
 
     @dataclass
     class Params:
@@ -89,8 +106,31 @@ class Selector:
     def __init__(self, params: Any):
         self.params = params
 
-    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
+    def validate(self) -> None:
+        """Checks of the parameters beyond their types (before any input is read)."""
+
+    def resolve_budget(self, budget: int | float | str | None, inputs: SelectionInputs) -> Any:
+        """The stage's budget as this selector counts it (default: items of the candidates;
+        "per_class" = the number of classes of the probabilities)."""
+        if budget is None and not self.budget_required:
+            return inputs.n_candidates
+        if budget == "per_class":
+            if inputs.probabilities is None:
+                raise ConfigError("selection.budget: per_class needs a selector over probabilities")
+            return parse_budget(inputs.probabilities.shape[1], inputs.n_candidates)
+        return parse_budget(budget, inputs.n_candidates)
+
+    def select(self, inputs: SelectionInputs, budget: Any, seed: int) -> Selection:
         raise NotImplementedError
+
+    def select_distributed(
+        self, inputs: SelectionInputs, budget: Any, seed: int, job: BeamJob
+    ) -> Selection:
+        raise ConfigError(f"selection.distributed: {self.name} does not run on Beam workers")
+
+    def summary(self, manifest: dict, output: str) -> list[str]:
+        """The CLI's lines about a finished stage (default: picks, per task, radius)."""
+        return ranked_summary(manifest)
 
 
 REGISTRY: dict[str, type[Selector]] = {}
@@ -104,15 +144,36 @@ def register(cls: type[Selector]) -> type[Selector]:
     return cls
 
 
-def make_selector(name: str, params: dict[str, Any]) -> Selector:
-    """The named selector with its parameters validated (errors name selection.params.KEY)."""
-    import tamis.selectors  # noqa: F401  (registers the built-in selectors)
-
+def build_selector(name: str, params: dict[str, Any], key: str = "selection") -> Selector:
+    """The registered selector `name` with its parameters validated (errors name
+    KEY.params.X). `tamis.selectors.make_selector` first registers the built-in ones."""
     if name not in REGISTRY:
         known = ", ".join(sorted(REGISTRY))
-        raise ConfigError(f"selection.selector: unknown selector {name!r}; known: {known}")
+        raise ConfigError(f"{key}.selector: unknown selector {name!r}; known: {known}")
     cls = REGISTRY[name]
-    return cls(build_dataclass(cls.Params, params, "selection.params"))
+    return cls(build_dataclass(cls.Params, params, f"{key}.params"))
+
+
+def ranked_summary(manifest: dict) -> list[str]:
+    """Picks out of candidates, per task (with label agreement), coverage radius."""
+    c = manifest["counts"]
+    lines = [
+        f"selected {c['selected']:,} of {c['candidates']:,} candidates with "
+        f"{manifest['selector']} in {manifest['seconds']['wall']:.1f} s"
+        + (
+            f" ({c['excluded_duplicates']:,} exact duplicates removed)"
+            if c.get("excluded_duplicates")
+            else ""
+        )
+    ]
+    agreement = manifest.get("label_agreement", {})
+    for task, picked in c.get("per_task", {}).items():
+        line = f"  {task}: {picked:,} picks"
+        if task in agreement:
+            on = agreement[task]["on_label"]
+            line += f", {on}/{picked} on topic ({100 * on / max(picked, 1):.0f}%)"
+        lines.append(line)
+    return lines
 
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -168,11 +229,3 @@ def ids_at(ids: Sequence[str] | pa.Array, index: np.ndarray) -> list[str]:
     if isinstance(ids, pa.Array | pa.ChunkedArray):
         return ids.take(pa.array(np.asarray(index, dtype=np.int64))).to_pylist()
     return [ids[i] for i in index]
-
-
-def candidate_mask(inputs: SelectionInputs) -> np.ndarray:
-    """True for the pool positions a selector may pick."""
-    allowed = np.ones(len(inputs.ids), dtype=bool)
-    if inputs.excluded is not None:
-        allowed[inputs.excluded] = False
-    return allowed

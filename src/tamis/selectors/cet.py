@@ -19,47 +19,46 @@ Two methods: ``em`` (selected-at-random PU EM, logistic f and e; calibrated) and
 calibrated by the same EM with each model's score as its only feature, because CET's
 pairwise losses leave the scores without a probability scale).
 
-Everything here is arrays in, arrays out; pipelines/cet.py mines and writes.
+The estimation is arrays in, arrays out; `select` mines the candidates with the FAISS layer
+(on Beam workers with `select_distributed`), labels them (`cet_candidates`) and estimates.
+Outputs beside the subset of kept hard negatives: ``candidates.parquet`` (every mined pair
+with the columns above) and ``review_queue.parquet`` / ``.jsonl`` (the unlabelled candidates
+most likely to be false negatives, for annotators).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from tamis.config import ConfigError
-from tamis.selectors.base import RETRIEVAL, Selection, SelectionInputs, Selector, register
+from tamis.index.faiss_index import build_from_embeddings_dir
+from tamis.index.mining import mine_top_k
+from tamis.inputs.retrieval import positions_in
+from tamis.selectors.base import (
+    RETRIEVAL,
+    BeamJob,
+    Selection,
+    SelectionInputs,
+    Selector,
+    register,
+)
+from tamis.selectors.cet_candidates import (
+    CandidateArrays,
+    CetEstimate,
+    candidate_table,
+    label_candidates,
+)
 from tamis.selectors.cet_core import fit_coupled, fit_sar_em, sar_probabilities
 
 RELEVANCE_FEATURES = ("score", "log_rank", "score_gap")
-
-
-@dataclass
-class CandidateArrays:
-    """One row per (query, candidate) as mined, plus what the labels say about it."""
-
-    query: np.ndarray  # int64 query row
-    rank: np.ndarray  # int32, 1-based rank in the mining retriever
-    score: np.ndarray  # float32 similarity
-    labelled: np.ndarray  # bool: a qrels positive
-    judged: np.ndarray | None = None  # bool: in the judged pool (None: not known)
-    provenance_ranks: np.ndarray | None = None  # (n, R) int32, 0 where not ranked
-
-    def __len__(self) -> int:
-        return len(self.query)
-
-
-@dataclass
-class CetEstimate:
-    p_relevant: np.ndarray
-    p_selected: np.ndarray
-    p_false_negative: np.ndarray
-    negative_weight: np.ndarray
-    exclude: np.ndarray
-    known_negative: np.ndarray
-    info: dict
+CANDIDATES = "candidates.parquet"
+REVIEW_PARQUET = "review_queue.parquet"
+REVIEW_JSONL = "review_queue.jsonl"
 
 
 def relevance_feature_matrix(candidates: CandidateArrays, names: list[str]) -> np.ndarray:
@@ -123,6 +122,10 @@ def per_query_mean_one(values: np.ndarray, query: np.ndarray, mask: np.ndarray) 
 class CetSelector(Selector):
     name = "cet"
     needs = frozenset({RETRIEVAL})
+    pool_input = RETRIEVAL
+    distributed = True  # mining runs on Beam workers
+    accepts_candidates = False  # candidates are mined from the whole corpus
+    budget_required = False
 
     @dataclass
     class Params:
@@ -305,5 +308,125 @@ class CetSelector(Selector):
         )
         return rows[order][: self.params.review_size]
 
-    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
-        raise ConfigError("cet runs through `tamis select` (see pipelines.cet)")
+    def resolve_budget(self, budget, inputs: SelectionInputs) -> None:
+        if budget is not None:
+            raise ConfigError(
+                "selection.budget: cet keeps selection.params.negatives_per_query hard "
+                "negatives per query; remove budget"
+            )
+        return None
+
+    def select(self, inputs: SelectionInputs, budget: None, seed: int) -> Selection:
+        return self._mine_and_estimate(inputs, seed, None)
+
+    def select_distributed(
+        self, inputs: SelectionInputs, budget: None, seed: int, job: BeamJob
+    ) -> Selection:
+        """The same, with the candidates mined on Beam workers."""
+        return self._mine_and_estimate(inputs, seed, job)
+
+    def _mine_and_estimate(
+        self, inputs: SelectionInputs, seed: int, job: BeamJob | None
+    ) -> Selection:
+        p, r = self.params, inputs.retrieval
+        mine_started = time.perf_counter()
+        ic = r.index_config
+        try:
+            index, corpus_list = build_from_embeddings_dir(
+                r.corpus_dir, factory=ic.factory, device=ic.device, train_size=ic.train_size,
+                nprobe=ic.nprobe, ef_search=ic.ef_search, seed=seed,
+            )  # fmt: skip
+        except ValueError as err:
+            raise ConfigError(f"index: {err}") from err
+        if index.dim != r.query_vectors.shape[1]:
+            raise ConfigError(
+                f"queries: query dimension {r.query_vectors.shape[1]} does not match the corpus "
+                f"embeddings ({index.dim}, {r.corpus_dir})"
+            )
+        queries = pa.array(r.query_ids, pa.string())
+        corpus = pa.array(corpus_list, pa.string())
+        self_positions = None
+        if p.drop_query_itself:
+            self_positions = positions_in(queries, corpus)
+            if not (self_positions >= 0).any():
+                self_positions = None  # queries are not corpus documents: nothing to drop
+        if job is not None:
+            from tamis.index.mining_beam import mine_on_beam
+
+            mined = mine_on_beam(
+                job.runner, job.beam_args, ic, p.k, index, r.query_parts, self_positions,
+                job.work_dir,
+            )  # fmt: skip
+        else:
+            mined = mine_top_k(index, r.query_vectors, p.k, self_positions, ic.batch_size)
+        mine_seconds = time.perf_counter() - mine_started
+
+        # Labels and provenance, as pair keys over (query row, corpus position).
+        estimate_started = time.perf_counter()
+        counts: dict[str, Any] = {"queries": len(r.query_ids), "corpus": len(corpus_list)}
+        candidates = label_candidates(p, r, mined, queries, corpus, counts)
+        estimate = self.estimate(candidates, seed=seed)
+        kept = self.kept_negatives(candidates, estimate)
+        review = self.review_queue(candidates, estimate)
+        estimate_seconds = time.perf_counter() - estimate_started
+
+        review_table = candidate_table(queries, corpus, mined, candidates, estimate, review)
+        unlabelled = ~candidates.labelled
+        counts.update(
+            candidates=len(mined),
+            labelled_candidates=int(candidates.labelled.sum()),
+            unlabelled_candidates=int(unlabelled.sum()),
+            known_negatives=int(estimate.known_negative.sum()),
+            excluded=int(estimate.exclude.sum()),
+            kept_negatives=len(kept),
+            queries_without_kept_negatives=len(r.query_ids) - len(np.unique(mined.query[kept])),
+            review_queue=len(review),
+            queries_with_a_labelled_candidate=int(len(np.unique(mined.query[candidates.labelled]))),
+        )
+        return Selection(
+            selector=self.name,
+            index=mined.doc[kept],
+            ids=corpus.take(pa.array(mined.doc[kept])).to_pylist(),
+            score=mined.score[kept],
+            weight=estimate.negative_weight[kept],
+            columns={
+                "query_id": queries.take(pa.array(mined.query[kept])).to_pylist(),
+                "retrieval_rank": mined.rank[kept],
+                "p_false_negative": estimate.p_false_negative[kept],
+            },
+            info={
+                **estimate.info,
+                "seconds": {
+                    "mine": round(mine_seconds, 3),
+                    "estimate": round(estimate_seconds, 3),
+                },
+                "index": {"factory": index.factory, "device": index.device, "nprobe": ic.nprobe},
+            },
+            counts=counts,
+            outputs={
+                CANDIDATES: candidate_table(queries, corpus, mined, candidates, estimate),
+                REVIEW_PARQUET: review_table,
+                REVIEW_JSONL: review_table,
+            },
+        )
+
+    def summary(self, manifest: dict, output: str) -> list[str]:
+        c, info = manifest["counts"], manifest["info"]
+        lines = [
+            f"cet ({info['method']}): mined {c['candidates']:,} candidates for "
+            f"{c['queries']:,} queries ({c['labelled_candidates']:,} labelled) in "
+            f"{info['seconds']['mine']:.1f} s, estimated in {info['seconds']['estimate']:.1f} s",
+            f"  expected false negatives among the unlabelled: "
+            f"{info['expected_false_negatives']:,.0f} of {c['unlabelled_candidates']:,}; "
+            f"{c['excluded']:,} excluded, {c['kept_negatives']:,} hard negatives kept"
+            + (
+                f" ({c['queries_without_kept_negatives']:,} queries keep none)"
+                if c["queries_without_kept_negatives"]
+                else ""
+            ),
+        ]
+        if "warning" in info:
+            lines.append(f"  note: {info['warning']}")
+        lines.append(f"  candidates: {output}/{CANDIDATES}")
+        lines.append(f"  review queue: {output}/{REVIEW_PARQUET} ({c['review_queue']:,})")
+        return lines

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from tamis.config import ConfigError
-from tamis.probabilities import Kind
+from tamis.inputs.probabilities import Kind
 from tamis.selectors.base import (
     EMBEDDINGS,
     LABELED,
@@ -31,6 +31,7 @@ from tamis.selectors.base import (
     Selector,
     candidate_mask,
     ids_at,
+    ranked_summary,
     register,
 )
 from tamis.selectors.kcenter import Metric, k_center_greedy
@@ -51,6 +52,20 @@ class KCenterParams:
 
 class _KCenterSelector(Selector):
     metric: Metric
+
+    def summary(self, manifest: dict, output: str) -> list[str]:
+        info, c = manifest.get("info", {}), manifest["counts"]
+
+        def radius(value: float | None) -> str:  # None: infinite (no centers yet)
+            return "inf" if value is None else f"{value:.4f}"
+
+        return [
+            *ranked_summary(manifest),
+            f"  coverage radius ({info['metric']}): {radius(info['coverage_radius_first'])} "
+            f"at the first pick, {radius(info['coverage_radius_last'])} at the last, "
+            f"{radius(info['coverage_radius_after'])} after "
+            f"({c.get('labeled', 0):,} labelled before)",
+        ]
 
     def points(self, inputs: SelectionInputs) -> np.ndarray:
         raise NotImplementedError
@@ -109,6 +124,7 @@ class PCoreSetSelector(_KCenterSelector):
 
     name = "pcoreset"
     needs = frozenset({PROBABILITIES, LABELED})
+    pool_input = PROBABILITIES
     metric = "euclidean"
 
     @dataclass

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tamis.selectors.base import (
+    EMBEDDINGS,
     Selection,
     SelectionInputs,
     Selector,
@@ -19,6 +20,7 @@ from tamis.selectors.base import (
 @register
 class RandomSelector(Selector):
     name = "random"
+    needs = frozenset({EMBEDDINGS})  # the pool's ids (the vectors are not read)
 
     @dataclass
     class Params:

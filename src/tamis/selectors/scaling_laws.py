@@ -17,6 +17,7 @@ way its paper does not define, so it could not be made to match a specification.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,44 @@ class ScalingFit:
             "loss": self.loss,
             "method": self.method,
         }
+
+
+def fit_from_json(data: dict) -> ScalingFit:
+    """A fit from fit.json's mapping; a missing or non-numeric key is a ValueError naming it
+    (`loss`, `z` and `method` may be absent from a hand-written fit)."""
+    for key in ("a", "d"):
+        if not isinstance(data.get(key), int | float) or isinstance(data.get(key), bool):
+            raise ValueError(f"{key!r} must be a number, got {data.get(key)!r}")
+    buckets = data.get("buckets")
+    if not isinstance(buckets, dict) or not buckets:
+        raise ValueError("'buckets' must map bucket names to {b, tau, pool_size}")
+    for name, bucket in buckets.items():
+        for key in ("b", "tau", "pool_size"):
+            value = bucket.get(key) if isinstance(bucket, dict) else None
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"buckets.{name}.{key} must be a number, got {value!r}")
+    return ScalingFit(
+        float(data["a"]), float(data["d"]), buckets, float(data.get("loss", float("nan"))),
+        float(data.get("z", Z)), str(data.get("method", "unknown")),
+    )  # fmt: skip
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kKmMbBtT]?)\s*$")
+_UNIT = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def parse_count(value: int | float | str, key: str) -> float:
+    """A sample count: 12800000, 1.28e9, "12.8M", "1.28B", "100k" (ValueError naming key)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        count = float(value)
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"{key}: expected a count like 32M or 1.28B, got {value!r}")
+        count = float(match[1]) * _UNIT[match[2].lower()]
+    if not count > 0:
+        raise ValueError(f"{key}: must be positive, got {value!r}")
+    return count
 
 
 MIN_POINTS = 3

@@ -2,29 +2,42 @@
 
 The strategies and their state are in `stream_budget`; this module holds the selector's
 parameters (scikit-activeml's names and defaults) and runs a whole stream: one decider per
-sub-stream key, items in arrival order. `tamis select` writes the queried items as the subset
-and every decision to ``decisions.parquet``.
+sub-stream key, items in arrival order (on Beam: `stream_beam.DecideStream`). The subset is
+the queried items (their utility as ``score``, the ``threshold`` they beat and the
+``budget_estimate``); the stage also writes ``decisions.parquet`` (one row per item: ``id``,
+``stream_key``, ``arrival``, ``utility``, ``threshold``, ``budget_estimate``, ``queried``) and
+``stream_state.json`` (each sub-stream's state: `params.resume` continues from it with
+identical decisions).
 """
 
 from __future__ import annotations
 
+import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from tamis.config import ConfigError
-from tamis.probabilities import Kind
+from tamis.inputs.probabilities import Kind
+from tamis.inputs.stream_items import StreamItems, take_items
 from tamis.selectors.base import (
     STREAM_ITEMS,
+    BeamJob,
     Selection,
     SelectionInputs,
     Selector,
+    budget_fraction,
+    candidate_mask,
     register,
 )
 from tamis.selectors.stream_budget import Strategy, StreamDecider, StreamDecisions
-from tamis.stream_items import StreamItems
+
+DECISIONS = "decisions.parquet"
+STATE = "stream_state.json"
 
 
 def stream_seed(seed: int, key: str | None) -> int | list[int]:
@@ -38,6 +51,8 @@ class StreamALSelector(Selector):
 
     name = "stream_al"
     needs = frozenset({STREAM_ITEMS})
+    pool_input = STREAM_ITEMS
+    distributed = True
 
     @dataclass
     class Params:
@@ -113,8 +128,93 @@ class StreamALSelector(Selector):
             return decider
         return self.decider(budget, seed, key if keyed else None, n_classes)
 
-    def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
-        raise ConfigError("stream_al runs through `tamis select` (see run_stream_select)")
+    def resolve_budget(self, budget, inputs: SelectionInputs) -> float:
+        return budget_fraction(budget)  # B: a share of the stream, which has no set size
+
+    def select(self, inputs: SelectionInputs, budget: float, seed: int) -> Selection:
+        items = self._items(inputs)
+        started = time.perf_counter()
+        decisions, states = self.run(items, budget, seed, inputs.stream.resume)
+        return self._selection(items, decisions, states, budget, time.perf_counter() - started)
+
+    def select_distributed(
+        self, inputs: SelectionInputs, budget: float, seed: int, job: BeamJob
+    ) -> Selection:
+        """The decisions of `stream_beam.DecideStream` (a stateful DoFn) in a Beam job."""
+        from tamis.selectors.stream_beam import decide_on_beam
+
+        items = self._items(inputs)
+        started = time.perf_counter()
+        decisions, states = decide_on_beam(items, self, budget, seed, inputs.stream.resume, job)
+        return self._selection(items, decisions, states, budget, time.perf_counter() - started)
+
+    def _items(self, inputs: SelectionInputs) -> StreamItems:
+        items = inputs.stream.items
+        allowed = candidate_mask(inputs)
+        return items if allowed.all() else take_items(items, np.flatnonzero(allowed))
+
+    def _selection(
+        self,
+        items: StreamItems,
+        decisions: StreamDecisions,
+        states: dict[str, dict],
+        budget: float,
+        seconds: float,
+    ) -> Selection:
+        selection = selection_from_decisions(items, decisions)
+        n_queried = int(decisions.queried.sum())
+        selection.info = {
+            "strategy": self.params.strategy,
+            "budget_fraction": budget,
+            "query_rate": n_queried / max(len(items), 1),
+            "items_per_second": round(len(items) / max(seconds, 1e-9)),
+            "resumed": self.params.resume is not None,
+        }
+        selection.counts = {
+            "items": len(items),
+            "queried": n_queried,
+            "not_queried": len(items) - n_queried,
+            "never_candidates_nan_utility": int(np.isnan(decisions.utility).sum()),
+        }
+        if items.keys is not None:
+            totals = Counter(items.keys)
+            hits = Counter(k for k, q in zip(items.keys, decisions.queried, strict=True) if q)
+            selection.counts["per_stream_key"] = {
+                key: {"items": total, "queried": int(hits.get(key, 0))}
+                for key, total in totals.items()
+            }
+        selection.outputs[DECISIONS] = decisions_table(items, decisions)
+        selection.outputs[STATE] = states
+        return selection
+
+    def summary(self, manifest: dict, output: str) -> list[str]:
+        c, info = manifest["counts"], manifest["info"]
+        lines = [
+            f"queried {c['queried']:,} of {c['items']:,} stream items "
+            f"({100 * info['query_rate']:.2f}%, budget {100 * info['budget_fraction']:g}%) with "
+            f"stream_al {info['strategy']} in {manifest['seconds']['wall']:.1f} s "
+            f"({info['items_per_second']:,} items/s deciding)"
+        ]
+        for key, k in c.get("per_stream_key", {}).items():
+            lines.append(f"  {key}: {k['queried']:,} of {k['items']:,}")
+        lines.append(f"  decisions: {output}/{DECISIONS}")
+        lines.append(f"  state (resume from it): {output}/{STATE}")
+        return lines
+
+
+def decisions_table(items: StreamItems, decisions: StreamDecisions) -> pa.Table:
+    keys = items.keys if items.keys is not None else [""] * len(items)
+    return pa.table(
+        {
+            "id": pa.array(items.ids, pa.string()),
+            "stream_key": pa.array(keys, pa.string()),
+            "arrival": pa.array(np.arange(len(items)), pa.int64()),
+            "utility": pa.array(decisions.utility),
+            "threshold": pa.array(decisions.threshold),
+            "budget_estimate": pa.array(decisions.budget_estimate),
+            "queried": pa.array(decisions.queried),
+        }
+    )
 
 
 def _differs(resumed: dict[str, Any], expected: dict[str, Any]) -> bool:

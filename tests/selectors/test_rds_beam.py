@@ -6,8 +6,9 @@ import pytest
 from conftest import write_embeddings_dir
 from tamis.config import RunnerConfig
 from tamis.embeddings.store import read_ids
-from tamis.pipelines.select_beam import rds_on_beam
-from tamis.selectors.base import SelectionInputs, make_selector
+from tamis.selectors import make_selector
+from tamis.selectors.base import SelectionInputs
+from tamis.selectors.rds_beam import rds_on_beam
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 probabilities, optional embeddings (dbal) and sub-stream keys.
 
 Arrival order is the `order` column when the items have one (ties keep file order), else
-file order. Items come from a Parquet or JSONL file, or the pool records' own fields.
+file order. Items come from a Parquet or JSONL file, or the pool records' own fields (the
+loader of the `stream_items` input).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tamis.probabilities import Kind, checked_probabilities, list_column, resolve_fields
-from tamis.records import InputError
+from tamis.config import require
+from tamis.inputs.context import STREAM_ITEMS, SelectionInputs, StageContext, input_loader
+from tamis.inputs.probabilities import Kind, checked_probabilities, list_column, resolve_fields
+from tamis.records import InputError, iter_pool_records, read_json, read_table_files
 
 
 @dataclass
@@ -100,3 +103,60 @@ def stream_items(
 def table_from_records(records: Iterable[dict]) -> pa.Table:
     """Pool records' fields (dicts) as an Arrow table."""
     return pa.Table.from_pylist(list(records))
+
+
+def take_items(items: StreamItems, rows: np.ndarray) -> StreamItems:
+    """The items at these arrival rows (in that order): a stream without the others."""
+
+    def pick(values):
+        return None if values is None else values[rows]
+
+    return StreamItems(
+        ids=[items.ids[i] for i in rows],
+        position=items.position[rows],
+        order=items.order[rows],
+        keys=None if items.keys is None else [items.keys[i] for i in rows],
+        utility=pick(items.utility),
+        probabilities=pick(items.probabilities),
+        embeddings=pick(items.embeddings),
+        source=items.source,
+    )
+
+
+@dataclass
+class StreamInputs:
+    """The stream, and each sub-stream's saved state when resuming (`params.resume`)."""
+
+    items: StreamItems
+    resume: dict[str, dict] | None
+
+
+@input_loader(STREAM_ITEMS)
+def load_stream_items(ctx: StageContext, inputs: SelectionInputs) -> None:
+    """The stream's items from `params.items`, else from the pool records' fields; the pool
+    ids are the items' ids in arrival order."""
+    config, p = ctx.config, ctx.params
+    id_field = config.pool.id_field if config.pool is not None else "id"
+    if p.items is not None:
+        table, source = read_table_files(p.items), p.items
+    else:
+        pool = require(config.pool, "pool")
+        fields = (r.fields for r in iter_pool_records(pool, keep_fields=True))
+        table, source = table_from_records(fields), f"pool {pool.path}"
+    items = stream_items(
+        table,
+        source,
+        id_field=id_field,
+        utility_field=p.utility_field,
+        field=p.field,
+        kind=p.kind,
+        temperature=p.temperature,
+        blend_weight=p.blend_weight,
+        embedding_field=p.embedding_field if p.strategy == "dbal" else None,
+        order_field=p.order_field,
+        key_field=p.key_field,
+    )
+    resume = read_json(p.resume) if p.resume is not None else None
+    inputs.ids = pa.array(items.ids, pa.string())
+    inputs.stream = StreamInputs(items, resume)
+    inputs.origin["items"] = {"source": items.source, "resume": p.resume}

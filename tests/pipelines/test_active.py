@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from tamis.active import ActiveLearningRounds
 from tamis.config import ConfigError
-from tamis.probabilities import softmax
+from tamis.inputs.probabilities import softmax
+from tamis.pipelines.active import ActiveLearningRounds
 from tamis.records import InputError
 from tamis.selectors.kcenter import k_center_greedy
 

@@ -3,37 +3,24 @@ combined globally, and the round robin runs once at the end on those candidates.
 
 Exact: every task's global top-`budget` is among the union of the shards' top-`budget`, and
 the round robin never looks past a task's top-`budget` (see selectors/rds.py). The merged
-picks are written to ``_picks.json`` in the subset directory; the select stage reads them
-back and writes the subset exactly as on the local path.
+picks are written to ``_picks.json`` in the stage's directory and read back (then removed);
+`RdsSelector.select_distributed` turns them into the same Selection as the local path.
 """
 
 from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from tamis.config import RunnerConfig
-from tamis.embeddings.store import embedding_parts, read_part
+from tamis.embeddings.store import part_offsets, read_part
 from tamis.records import read_json, write_json_atomic
 from tamis.runners.options import make_runner
-from tamis.selectors.rds import RdsPicks, merge_candidates, shard_candidates
+from tamis.selectors.rds_core import RdsPicks, merge_candidates, shard_candidates
 
 PICKS_FILE = "_picks.json"
-
-
-def part_offsets(pool_dir: str) -> list[tuple[str, int]]:
-    """(part path, pool position of its first row), from the Parquet footers alone."""
-    offsets, start = [], 0
-    for path in embedding_parts(pool_dir):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        offsets.append((path, start))
-        start += rows
-    return offsets
 
 
 class ScoreShard(beam.DoFn):
@@ -110,7 +97,9 @@ def rds_on_beam(
             | "AllTasks" >> beam.combiners.ToList()
             | "MergeAndWrite" >> beam.Map(_write_picks, output, len(tasks), budget)
         )
-    picks = read_json(FileSystems.join(output, PICKS_FILE))
+    picks_path = FileSystems.join(output, PICKS_FILE)
+    picks = read_json(picks_path)
+    FileSystems.delete([picks_path])
     return RdsPicks(
         np.asarray(picks["index"], dtype=np.int64),
         np.asarray(picks["task"], dtype=np.int64),

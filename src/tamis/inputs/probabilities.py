@@ -1,4 +1,5 @@
-"""Class-probability vectors for PCoreSet, and labelled-id lists, read and checked.
+"""Class-probability vectors (PCoreSet) and labelled sets, read and checked; the loaders of
+the `probabilities` and `labeled` inputs.
 
 Probabilities come from a column of pool rows: ``probs`` (rows summing to 1), ``logits``
 (softmax at a temperature), or two heads blended as in the PCoreSet reference
@@ -20,6 +21,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from tamis.config import ConfigError, require
+from tamis.inputs.context import (
+    LABELED,
+    PROBABILITIES,
+    SelectionInputs,
+    StageContext,
+    input_loader,
+)
 from tamis.records import InputError, resolve_inputs
 
 SUM_TOLERANCE = 1e-4
@@ -391,3 +400,77 @@ def _check_unique(ids: list[str], where: str) -> None:
             if rid in seen:
                 raise InputError(f"{where}: row {row}: id {rid!r} appears twice")
             seen.add(rid)
+
+
+# ------------------------------------------------------------------------------- loaders
+
+
+def probability_table(ctx: StageContext) -> ProbabilityTable:
+    """The pool's class probabilities: from `params.probabilities`, else the pool records."""
+    from tamis.records import iter_pool_records
+
+    config, p = ctx.config, ctx.params
+    options = dict(
+        field=p.field, kind=p.kind, temperature=p.temperature, blend_weight=p.blend_weight
+    )
+    if p.probabilities is not None:
+        id_field = config.pool.id_field if config.pool is not None else "id"
+        return read_probability_table(p.probabilities, id_field=id_field, **options)
+    pool = config.pool
+    if pool is None:
+        raise ConfigError(
+            f"{ctx.key}.params.probabilities: required when there is no pool section "
+            "(a Parquet or JSONL file with id and probabilities)"
+        )
+    rows = ((r.id, r.fields) for r in iter_pool_records(pool, keep_fields=True))
+    return probabilities_from_rows(rows, source=f"pool {pool.path}", **options)
+
+
+@input_loader(PROBABILITIES)
+def load_probabilities(ctx: StageContext, inputs: SelectionInputs) -> None:
+    table = probability_table(ctx)
+    if ctx.pool_input == PROBABILITIES:
+        inputs.ids = pa.array(table.ids, pa.string())
+        inputs.probabilities = table.probs
+    else:  # align to the pool's order
+        where = f"the probabilities ({table.source})"
+        rows = positions_of(table.ids, list(inputs.ids), f"the pool ({ctx.pool_input})", where)
+        inputs.probabilities = table.probs[rows]
+    inputs.origin["probabilities"] = {
+        "source": table.source,
+        "fields": list(table.fields),
+        "classes": table.n_classes,
+    }
+
+
+@input_loader(LABELED)
+def load_labeled(ctx: StageContext, inputs: SelectionInputs) -> None:
+    """Pool positions of the labelled examples named by `labeled` or `labeled_field`."""
+    from tamis.records import iter_pool_records
+
+    p = ctx.params
+    if p.labeled is not None and p.labeled_field is not None:
+        raise ConfigError(f"{ctx.key}.params: give labeled (a file of ids) or labeled_field")
+    if p.labeled is not None:
+        wanted = read_id_list(p.labeled)
+        origin = {"path": p.labeled}
+    elif p.labeled_field is not None:
+        field = p.labeled_field
+        source = getattr(p, "probabilities", None)
+        if source is not None:
+            wanted = flagged_ids(source, field)
+            origin = {"path": source, "field": field}
+        else:
+            pool = require(ctx.config.pool, "pool")
+            wanted = [
+                r.id for r in iter_pool_records(pool, keep_fields=True) if r.fields.get(field)
+            ]
+            origin = {"path": pool.path, "field": field}
+    else:
+        inputs.labeled = np.zeros(0, dtype=np.int64)
+        inputs.origin["labeled"] = {"count": 0}
+        return
+    positions = np.unique(positions_of(inputs.ids, wanted, f"{ctx.key}.params.labeled"))
+    origin["count"] = len(positions)
+    inputs.labeled = positions
+    inputs.origin["labeled"] = origin

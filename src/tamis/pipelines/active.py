@@ -11,6 +11,7 @@ they join the labelled set, whose points are the next round's first centers::
         model.fit(labelled_examples(rounds.labeled_ids))
 
 ``tamis select`` with ``selector: pcoreset`` runs one such round from files.
+(``from tamis.pipelines.active import ActiveLearningRounds``.)
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from tamis.config import ConfigError
-from tamis.probabilities import positions_of, to_probabilities
+from tamis.inputs.probabilities import positions_of, to_probabilities
+from tamis.selectors import make_selector
 from tamis.selectors.base import (
     EMBEDDINGS,
     PROBABILITIES,
     Selection,
     SelectionInputs,
-    make_selector,
     parse_budget,
 )
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_jsonl
-from tamis.probabilities import (
+from tamis.inputs.probabilities import (
     positions_of,
     probabilities_from_rows,
     read_id_list,

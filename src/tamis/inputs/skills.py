@@ -3,7 +3,7 @@ column-wise with polars and turned into integer skill codes (no Python loop per 
 
 Skill names are stripped and mapped through `aliases` (variant -> canonical name) first.
 Skills the evaluation names but no training example carries are reported, not dropped
-silently: they cannot be taught from this pool.
+silently: they cannot be taught from this pool. The loader of the `skills` input.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 
+from tamis.config import ConfigError, require
+from tamis.inputs.context import SKILLS, SelectionInputs, StageContext, input_loader
 from tamis.records import InputError, read_table_files
-from tamis.selectors.stat_core import TAU1, TAU2
 
 
 @dataclass
@@ -82,8 +85,8 @@ def skill_table(
 def read_evaluation(
     path: str,
     names: list[str],
-    tau1: float = TAU1,
-    tau2: float = TAU2,
+    tau1: float,
+    tau2: float,
     aliases: dict[str, str] | None = None,
 ) -> Evaluation:
     """Difficult questions and their missing skills from a JSONL/Parquet evaluation.
@@ -129,3 +132,46 @@ def read_evaluation(
     )
     codes = flat.filter(known).replace_strict(code_of, return_dtype=pl.Int64).to_numpy()
     return Evaluation(len(frame), len(hard), codes, without, unknown_skills, path)
+
+
+SUBSET_PARQUET = "subset.parquet"
+
+
+@dataclass
+class SkillInputs:
+    """The training pool's skills and the student's evaluation over the same skill names."""
+
+    table: SkillTable
+    evaluation: Evaluation
+
+
+def load_pool_frame(ctx: StageContext) -> tuple[pl.DataFrame, str]:
+    """The training pool: an earlier subset dir (`params.pool_subset`), or the pool files."""
+    p = ctx.params
+    if p.pool_subset is not None:
+        path = FileSystems.join(p.pool_subset, SUBSET_PARQUET)
+        if not FileSystems.exists(path):
+            raise ConfigError(f"{ctx.key}.params.pool_subset: no {SUBSET_PARQUET} in it")
+        frame = read_frame(path)
+        if p.skills_field not in frame.columns:
+            raise ConfigError(
+                f"{ctx.key}.params.pool_subset: {path} has no {p.skills_field!r} column; "
+                "run that selection with join_records: true"
+            )
+        return frame, path
+    pool = require(ctx.config.pool, "pool")
+    return read_frame(pool.path), str(pool.path)
+
+
+@input_loader(SKILLS)
+def load_skills(ctx: StageContext, inputs: SelectionInputs) -> None:
+    p = ctx.params
+    if p.evaluation is None:
+        raise ConfigError(f"{ctx.key}.params.evaluation: stat needs the student's evaluation")
+    frame, source = load_pool_frame(ctx)
+    id_field = ctx.config.pool.id_field if ctx.config.pool is not None else "id"
+    table = skill_table(frame, source, p.skills_field, id_field, p.skill_aliases)
+    evaluation = read_evaluation(p.evaluation, table.names, p.tau1, p.tau2, p.skill_aliases)
+    inputs.ids = pa.array(table.ids, pa.string())
+    inputs.skills = SkillInputs(table, evaluation)
+    inputs.origin.update(pool=source, evaluation=p.evaluation)
