@@ -118,9 +118,9 @@ def test_every_example_config_is_valid():
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
-def test_shipped_example_configs_load_and_their_selectors_validate(path):
-    from tamis.selectors import make_selector
+def test_shipped_example_configs_load_and_their_stages_validate(path):
+    from tamis.pipelines.select import plan_selection
 
     config = load_config(str(path))
-    if config.selection is not None:
-        make_selector(config.selection.selector, config.selection.params)
+    if config.selection is not None or config.recipe is not None:
+        plan_selection(config)  # selectors, parameters and budget forms

@@ -271,6 +271,31 @@ def save_png(fig, path: str) -> str:
     return path
 
 
+def threshold_sweep_png(rows: list[tuple[float, int | None]], threshold: float, n: int,
+                        semantics: str) -> bytes:  # fmt: skip
+    """Kept items at each dedup threshold (the chosen one marked), as PNG bytes."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    known = [(t, kept) for t, kept in rows if kept is not None]
+    fig = Figure(figsize=(6.5, 3.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([t for t, _ in known], [k for _, k in known], marker="o", markersize=3)
+    ax.axvline(threshold, color="tab:red", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("cosine threshold (an item this similar to another is a duplicate)")
+    ax.set_ylabel(f"items kept (of {n:,})")
+    ax.set_title(f"semantic dedup ({semantics}): kept items by threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def plot_score_histogram(
     scores: np.ndarray,
     path: str | os.PathLike[str],

@@ -39,6 +39,7 @@ def test_held_out_queries_leave_the_pool(tmp_path, capsys):
     assert len(tech) == 5 and len(sports) == 5
     assert {r["topic"] for r in tech} == {"tech"}
     assert not {r["id"] for r in tech} & {r["id"] for r in pool}
-    # Copies of a query's text (the corpus repeats some articles) leave the pool too.
-    assert not {r["text"] for r in tech} & {r["text"] for r in pool}
-    assert len(pool) == 2225 - 10 - 2  # two tech queries have a copy in the corpus
+    # The corpus repeats some articles: two tech queries have a copy that stays in the pool
+    # (configs/quickstart.yaml's decontaminate stage removes them).
+    assert len({r["text"] for r in tech} & {r["text"] for r in pool}) == 2
+    assert len(pool) == 2225 - 10

@@ -77,8 +77,9 @@ def write_bbcnews(
     source: Path | None = None,
 ) -> dict[str, int]:
     """Write the pool as JSONL; optionally hold out the first articles of some topics as
-    target-task queries (their own files; neither they nor copies of their text stay in the
-    pool). Returns record counts."""
+    target-task queries (their own files; they leave the pool). The corpus repeats some
+    articles, so copies of a query stay in the pool: removing them is the `decontaminate`
+    stage's job (configs/quickstart.yaml). Returns record counts."""
     records = bbcnews_records(source)
     topics = sorted({r["topic"] for r in records})
     held: dict[str, list[dict]] = {}
@@ -87,10 +88,7 @@ def write_bbcnews(
             raise ValueError(f"unknown BBC News topic {topic!r}; topics: {', '.join(topics)}")
         held[topic] = [r for r in records if r["topic"] == topic][:queries_per_topic]
     held_ids = {r["id"] for rows in held.values() for r in rows}
-    # The corpus repeats some articles: a copy of a query left in the pool would be a
-    # leak (a perfect match), so copies leave with the queries.
-    held_texts = {r["text"] for rows in held.values() for r in rows}
-    pool = [r for r in records if r["id"] not in held_ids and r["text"] not in held_texts]
+    pool = [r for r in records if r["id"] not in held_ids]
     _write_jsonl(Path(output), pool)
     for topic, rows in held.items():
         _write_jsonl(query_path(output, topic), rows)

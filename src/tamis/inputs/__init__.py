@@ -4,6 +4,7 @@ registers them all."""
 from tamis.inputs import (  # noqa: F401
     buckets,
     embeddings,
+    eval_sets,
     probabilities,
     retrieval,
     skills,

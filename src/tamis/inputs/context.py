@@ -27,6 +27,7 @@ SKILLS = "skills"  # skill tags of the pool and the student's evaluation (stat)
 BUCKETED_POOL = "bucketed_pool"  # pool rows with a quality bucket or score, and the fit
 RETRIEVAL = "retrieval"  # queries, qrels and a corpus to mine candidates from (cet)
 TEXTS = "texts"  # digests of the pool records' rendered texts (exact duplicates)
+EVAL_SETS = "eval_sets"  # evaluation sets to decontaminate against (params.against)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class SelectionInputs:
     buckets: Any = None  # tamis.inputs.buckets.QualityBuckets
     retrieval: Any = None  # tamis.inputs.retrieval.RetrievalInputs
     texts: Any = None  # tamis.inputs.texts.PoolTexts
+    index: Any = None  # the index section (IndexConfig): how to index the pool's vectors
+    eval_sets: Any = None  # name -> tamis.inputs.eval_sets.EvalSet
     # Where each input came from (paths, fingerprints): the manifest's "inputs".
     origin: dict[str, Any] = field(default_factory=dict)
 
@@ -91,7 +94,7 @@ Loader = Callable[[StageContext, SelectionInputs], None]
 LOADERS: dict[str, Loader] = {}
 # Known inputs load in this order after the pool input (queries check the pool's dim, ...).
 LOAD_ORDER = (EMBEDDINGS, QUERY_EMBEDDINGS, PROBABILITIES, LABELED, SKILLS, STREAM_ITEMS,
-              BUCKETED_POOL, RETRIEVAL, TEXTS)  # fmt: skip
+              BUCKETED_POOL, RETRIEVAL, TEXTS, EVAL_SETS)  # fmt: skip
 
 
 def input_loader(name: str) -> Callable[[Loader], Loader]:

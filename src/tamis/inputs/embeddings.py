@@ -48,6 +48,7 @@ def load_pool_embeddings(ctx: StageContext, inputs: SelectionInputs) -> None:
         )
     inputs.dim = manifest["model"].get("dim")
     inputs.blocks = lambda: iter_vector_blocks(pool_dir)
+    inputs.index = ctx.config.index
     inputs.origin["embeddings"] = {"path": pool_dir, "fingerprint": manifest.get("fingerprint")}
 
 

@@ -37,6 +37,7 @@ from tamis.inputs.texts import later_copies
 from tamis.pipelines.embed import run_embed, versions
 from tamis.records import (
     InputError,
+    atomic_write,
     iter_pool_records,
     read_table_files,
     write_json_atomic,
@@ -269,16 +270,25 @@ def write_rows_jsonl(path: str, rows: list[dict]) -> None:
 
 
 def write_output(directory: str, name: str, value: Any) -> None:
-    """One extra output by its extension: .parquet / .jsonl (a table), .json (a value)."""
+    """One extra output by its extension: .parquet / .jsonl / .csv (an Arrow table), .json
+    (a JSON value), .png (the image's bytes)."""
     path = FileSystems.join(directory, name)
     if name.endswith(".parquet"):
         write_parquet_atomic(path, value)
     elif name.endswith(".jsonl"):
         write_rows_jsonl(path, value.to_pylist())
+    elif name.endswith(".csv"):
+        import pyarrow.csv as pacsv
+
+        buffer = pa.BufferOutputStream()
+        pacsv.write_csv(value, buffer)
+        atomic_write(path, buffer.getvalue().to_pybytes())
     elif name.endswith(".json"):
         write_json_atomic(path, value)
+    elif name.endswith(".png"):
+        atomic_write(path, value)
     else:
-        raise ValueError(f"output {name!r}: expected a .parquet, .jsonl or .json name")
+        raise ValueError(f"output {name!r}: expected a .parquet, .jsonl, .csv, .json or .png")
 
 
 def write_stage(

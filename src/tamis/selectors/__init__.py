@@ -9,6 +9,8 @@ from typing import Any
 from tamis.selectors import (  # noqa: F401
     cet,
     coreset,
+    decontaminate,
+    dedup,
     exact_dedup,
     random_baseline,
     rds,

@@ -28,6 +28,7 @@ from tamis.config import ConfigError, RunnerConfig, build_dataclass
 from tamis.inputs.context import (  # noqa: F401  (the input names, re-exported)
     BUCKETED_POOL,
     EMBEDDINGS,
+    EVAL_SETS,
     LABELED,
     PROBABILITIES,
     QUERY_EMBEDDINGS,
