@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	@for script in bench/*.py; do [ "$$script" = bench/benchlib.py ] && continue; echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: $(STAMP)

@@ -301,7 +301,7 @@ def test_recipe_config_errors_name_the_stage(pool_job, tmp_path):
         ({"stages": [{"selector": "rds", "budget": 5, "params": {"x": 1}}]},
          r"recipe.stages\[0\].params.x: unknown key"),
         ({"stages": [{"selector": "exact_dedup"}, {"selector": "cet"}]},
-         r"recipe.stages\[1\].params.qrels|cet needs"),
+         r"^recipe.stages\[1\].params.qrels: cet needs"),
     ]  # fmt: skip
     for recipe, message in bad:
         with pytest.raises(ConfigError, match=message):

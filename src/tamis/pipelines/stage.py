@@ -80,7 +80,13 @@ def plan_stage(
 ) -> StagePlan:
     """Build and check the stage's selector before any work (parameters, budget form)."""
     selector = make_selector(spec.selector, spec.params, key)
-    selector.validate()
+    try:
+        selector.validate()
+    except ConfigError as err:  # selectors name their keys as in a one-stage config
+        message = str(err)
+        if message.startswith("selection.") and key != "selection":
+            message = key + message[len("selection") :]
+        raise ConfigError(message) from None
     if spec.budget is None and selector.budget_required:
         raise ConfigError(f"{key}.budget: required key missing")
     if spec.budget is not None and spec.budget != "per_class":
