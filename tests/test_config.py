@@ -124,3 +124,23 @@ def test_shipped_example_configs_load_and_their_stages_validate(path):
     config = load_config(str(path))
     if config.selection is not None or config.recipe is not None:
         plan_selection(config)  # selectors, parameters and budget forms
+
+
+def test_overrides_step_into_lists_and_refuse_bad_yaml():
+    from tamis.config import apply_overrides
+
+    data = {"recipe": {"stages": [{"selector": "a"}, {"selector": "b", "params": {}}]}}
+    apply_overrides(data, ["recipe.stages[1].params.k=3", "recipe.stages[0].budget=10%"])
+    assert data["recipe"]["stages"] == [
+        {"selector": "a", "budget": "10%"},
+        {"selector": "b", "params": {"k": 3}},
+    ]
+    for bad, message in (
+        ("recipe.stages[5].x=1", r"^recipe.stages\[5\]: cannot set .*no such list item$"),
+        ("recipe.stages.x=1", r"^recipe.stages: cannot set 'recipe.stages.x', not a mapping$"),
+        ("x=[unclosed", r"^--set 'x=\[unclosed': the value is not valid YAML \(expected"),
+        ("recipe..a=1", r"bad key '' in 'recipe..a'"),
+    ):
+        with pytest.raises(ConfigError, match=message) as info:
+            apply_overrides(data, [bad])
+        assert "\n" not in str(info.value)

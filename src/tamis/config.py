@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -286,26 +287,60 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+_KEY_STEP = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
+
+
+def _override_path(dotted: str, item: str) -> list[str | int]:
+    """`recipe.stages[1].params.k` -> ["recipe", "stages", 1, "params", "k"]."""
+    path: list[str | int] = []
+    for part in dotted.strip().split("."):
+        match = _KEY_STEP.match(part)
+        if not match:
+            raise ConfigError(f"--set {item!r}: bad key {part!r} in {dotted!r}")
+        path.append(match[1])
+        path += [int(i) for i in re.findall(r"\[(\d+)\]", match[2])]
+    return path
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=v` overrides (v parsed as YAML) to a raw config mapping."""
+    """Apply `a.b=v` overrides (v parsed as YAML) to a raw config mapping; `a.b[i].c`
+    steps into the i-th item of a list (e.g. a recipe's stages)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        if not all(keys):
-            raise ConfigError(f"--set {item!r}: empty key in {dotted!r}")
-        node = data
-        for depth, key in enumerate(keys[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                where = ".".join(keys[: depth + 1])
+        path = _override_path(dotted, item)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+        node: Any = data
+        for depth, key in enumerate(path[:-1]):
+            where = _path_text(path[: depth + 1])
+            if isinstance(key, int):
+                if not isinstance(node, list) or not -len(node) <= key < len(node):
+                    raise ConfigError(f"{where}: cannot set {dotted!r}, no such list item")
+                child = node[key]
+            else:
+                child = node.get(key)
+                if child is None:
+                    child = node[key] = {}
+            if not isinstance(child, dict | list):
                 raise ConfigError(f"{where}: cannot set {dotted!r}, {where} is not a mapping")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        last = path[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or not -len(node) <= last < len(node):
+                raise ConfigError(f"{_path_text(path)}: cannot set {dotted!r}, no such list item")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{_path_text(path[:-1])}: cannot set {dotted!r}, not a mapping")
+        node[last] = value
     return data
+
+
+def _path_text(path: list[str | int]) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -316,6 +316,11 @@ def test_recipe_config_errors_name_the_stage(pool_job, tmp_path):
     with pytest.raises(InputError, match=r"2 ids kept by .*ghosts are not in this stage's pool"):
         ghosts = {**selection, "candidates": str(tmp_path / "ghosts")}
         run_select(config_from_dict({**data, "selection": ghosts}))
+    # Errors found while a stage runs name the stage too.
+    dedup = {"selector": "dedup", "params": {"keep": "field", "field": "quality"}}
+    with pytest.raises(ConfigError, match=r"^recipe.stages\[0\].params.field: 127 records"):
+        run_select(config_from_dict({**data, "recipe": {"output": str(tmp_path / "r"),
+                                                        "stages": [dedup]}}))  # fmt: skip
     with pytest.raises(ConfigError, match="either selection"):
         config_from_dict({**data, "selection": {"selector": "rds"},
                           "recipe": {"stages": [{"selector": "rds"}]}})  # fmt: skip

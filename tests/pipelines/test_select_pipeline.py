@@ -111,7 +111,7 @@ def test_bad_selection_configs_fail_with_clear_messages(bbc_job, tmp_path):
         run_select(with_selection(data, budget=500))
     (tmp_path / "empty.jsonl").write_text("")
     empty = {**data, "queries": {"tech": {"path": str(tmp_path / "empty.jsonl")}}}
-    with pytest.raises(ConfigError, match="queries.tech: no valid query records"):
+    with pytest.raises(ConfigError, match="queries.tech: no valid records"):
         run_select(config_from_dict(empty))
     # Query embeddings of another dimension (a fake 8-d embeddings dir).
     import pyarrow.parquet as pq

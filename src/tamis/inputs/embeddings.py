@@ -53,10 +53,12 @@ def load_pool_embeddings(ctx: StageContext, inputs: SelectionInputs) -> None:
 
 
 def query_embeddings(
-    ctx: StageContext, task: str, source: QuerySource
+    ctx: StageContext, task: str, source: QuerySource, key: str | None = None
 ) -> tuple[list[str], np.ndarray, dict]:
-    """One task's query ids and vectors: read from an embeddings dir, or embedded like the
-    pool; and where they came from."""
+    """One task's query ids and vectors (`key` names them in errors; default
+    queries.TASK): read from an embeddings dir, or embedded like the pool; and where they
+    came from."""
+    key = key or f"queries.{task}"
     config = ctx.config
     if source.embeddings is not None:
         ids, vectors = read_embeddings(source.embeddings)
@@ -65,7 +67,7 @@ def query_embeddings(
         where = source.embeddings
     else:
         if ctx.embed is None:
-            raise ConfigError(f"queries.{task}: query records cannot be embedded here")
+            raise ConfigError(f"{key}: query records cannot be embedded here")
         # Same encoder, pooling and template as the pool: only the input and output change.
         query_config = copy.deepcopy(config)
         pool = config.pool or PoolConfig(path=str(source.path))
@@ -84,7 +86,7 @@ def query_embeddings(
         }
         where = source.path
     if len(vectors) == 0:
-        raise ConfigError(f"queries.{task}: no valid query records in {where}")
+        raise ConfigError(f"{key}: no valid records in {where}")
     origin["queries"] = len(vectors)
     return ids, vectors, origin
 

@@ -12,7 +12,7 @@ import numpy as np
 from tamis.config import ConfigError, PoolConfig, QuerySource
 from tamis.inputs.context import EVAL_SETS, SelectionInputs, StageContext, input_loader
 from tamis.inputs.embeddings import query_embeddings
-from tamis.records import iter_pool_records
+from tamis.records import InputError, iter_pool_records
 
 
 @dataclass
@@ -29,7 +29,11 @@ def load_eval_sets(ctx: StageContext, inputs: SelectionInputs) -> None:
         raise ConfigError(f"{ctx.key}.params.against: name at least one evaluation set")
     sets, origins = {}, {}
     for name, source in against.items():
-        ids, vectors, origins[name] = query_embeddings(ctx, f"eval-{name}", source)
+        key = f"{ctx.key}.params.against.{name}"
+        try:
+            ids, vectors, origins[name] = query_embeddings(ctx, f"eval-{name}", source, key)
+        except InputError as err:
+            raise InputError(f"{key}: {err}") from None
         if inputs.dim is not None and vectors.shape[1] != inputs.dim:
             raise ConfigError(
                 f"{ctx.key}.params.against.{name}: dimension {vectors.shape[1]} does not "

@@ -21,6 +21,8 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -80,13 +82,8 @@ def plan_stage(
 ) -> StagePlan:
     """Build and check the stage's selector before any work (parameters, budget form)."""
     selector = make_selector(spec.selector, spec.params, key)
-    try:
+    with keys_of_stage(key):
         selector.validate()
-    except ConfigError as err:  # selectors name their keys as in a one-stage config
-        message = str(err)
-        if message.startswith("selection.") and key != "selection":
-            message = key + message[len("selection") :]
-        raise ConfigError(message) from None
     if spec.budget is None and selector.budget_required:
         raise ConfigError(f"{key}.budget: required key missing")
     if spec.budget is not None and spec.budget != "per_class":
@@ -100,6 +97,19 @@ def plan_stage(
             "use distributed: false"
         )
     return StagePlan(key, name, spec, selector, output, query_dir)
+
+
+@contextmanager
+def keys_of_stage(key: str) -> Iterator[None]:
+    """Selectors name their keys as in a one-stage config (``selection.params.k``); in a
+    recipe the error names the stage's (``recipe.stages[2].params.k``)."""
+    try:
+        yield
+    except (ConfigError, InputError) as err:
+        message = str(err)
+        if key == "selection" or not message.startswith("selection."):
+            raise
+        raise type(err)(key + message[len("selection") :]) from None
 
 
 def read_kept(directory: str) -> KeptItems:
@@ -161,7 +171,7 @@ def run_stage(
 ) -> dict:
     """Run one stage; write its subset dir and return its manifest."""
     started = time.perf_counter()
-    selector, spec = plan.selector, plan.spec
+    selector = plan.selector
     ctx = StageContext(
         config=config,
         key=plan.key,
@@ -171,6 +181,12 @@ def run_stage(
         query_dir=plan.query_dir,
         embed=_embed_queries,
     )
+    with keys_of_stage(plan.key):
+        return _run_stage(config, plan, ctx, previous, beam_args, fingerprint, started)
+
+
+def _run_stage(config, plan, ctx, previous, beam_args, fingerprint, started) -> dict:
+    selector, spec = plan.selector, plan.spec
     needs = set(selector.needs) | ({TEXTS} if spec.deduplicate else set())
     inputs = load_inputs(ctx, needs)
     excluded, exclusion_counts = candidate_exclusions(plan, inputs, previous)
