@@ -84,13 +84,11 @@ def plan_stage(
     selector = make_selector(spec.selector, spec.params, key)
     with keys_of_stage(key):
         selector.validate()
-    if spec.budget is None and selector.budget_required:
-        raise ConfigError(f"{key}.budget: required key missing")
-    if spec.budget is not None and spec.budget != "per_class":
-        try:  # the form is checked now; the count against the candidates once they are known
+        if spec.budget is None and selector.budget_required:
+            raise ConfigError("selection.budget: required key missing")
+        if spec.budget is not None and spec.budget != "per_class":
+            # The form is checked now; the count against the candidates once they are known.
             parse_budget(spec.budget, 2**62)
-        except ConfigError as err:
-            raise ConfigError(str(err).replace("selection.budget", f"{key}.budget")) from None
     if spec.distributed and not selector.distributed:
         raise ConfigError(
             f"{key}.distributed: {selector.name} does not run on Beam workers; "
