@@ -216,7 +216,9 @@ def load_pool(directory: str, n: int) -> np.ndarray:
 
 
 def round_robin_full_sort(task_scores: list[np.ndarray], budget: int) -> np.ndarray:
-    """Reference merge: full stable descending sort per task, tasks take turns."""
+    """Reference merge (get_top_aggregated_influences.py): full stable descending sort per
+    task, tasks take turns, each turn pops the task's next item (one already taken: the turn
+    is used up)."""
     orders = [np.argsort(-s, kind="stable") for s in task_scores]
     taken = np.zeros(len(task_scores[0]), dtype=bool)
     cursor = [0] * len(orders)
@@ -225,13 +227,11 @@ def round_robin_full_sort(task_scores: list[np.ndarray], budget: int) -> np.ndar
         for t, order in enumerate(orders):
             if len(picks) == budget:
                 break
-            c = cursor[t]
-            while taken[order[c]]:
-                c += 1
-            pick = int(order[c])
-            taken[pick] = True
-            picks.append(pick)
-            cursor[t] = c + 1
+            pick = int(order[cursor[t]])
+            cursor[t] += 1
+            if not taken[pick]:
+                taken[pick] = True
+                picks.append(pick)
     return np.asarray(picks, dtype=np.int64)
 
 

@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
             "--strict", action="store_true", help="fail on the first bad record (pool.strict)"
         )
         sub.add_argument(
-            "--overwrite", action="store_true", help="replace outputs of a different job"
+            "--overwrite",
+            action="store_true",
+            help="replace outputs of a different job; a recipe reruns every stage",
         )
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         return sub
@@ -220,7 +222,7 @@ def _select(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _load(args)
     if config.selection is None and config.recipe is None:
         raise ConfigError("selection: required key missing (or a recipe section)")
-    manifest = run_select(config, beam_args, on_stage=_print_stage)
+    manifest = run_select(config, beam_args, on_stage=_print_stage, rerun=args.overwrite)
     if config.recipe is not None:
         _print_recipe_summary(manifest, str(config.recipe.output))
     return 0

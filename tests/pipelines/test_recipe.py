@@ -268,6 +268,9 @@ def test_kill_during_stage_two_then_rerun_resumes(pool_job, tmp_path):
     ]
     again = run_select(config_from_dict(job))  # nothing changed: everything skipped
     assert [s["skipped"] for s in again["funnel"]] == [True, True, True]
+    forced = run_select(config_from_dict(job), rerun=True)  # tamis select --overwrite
+    assert [s["skipped"] for s in forced["funnel"]] == [False, False, False]
+    assert subset(tmp_path / "recipe" / "02-target") == subset(tmp_path / "clean" / "02-target")
 
 
 def test_imported_vectors_select_like_embedded_ones(pool_job, tmp_path, capsys):

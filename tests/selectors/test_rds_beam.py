@@ -21,7 +21,7 @@ def pool(tmp_path_factory):
     return directory, vectors, tasks
 
 
-@pytest.mark.parametrize("multi_task", ["round_robin", "top"])
+@pytest.mark.parametrize("multi_task", ["round_robin", "round_robin_balanced", "top"])
 @pytest.mark.parametrize("with_exclusions", [False, True])
 def test_beam_rds_equals_local(pool, tmp_path, multi_task, with_exclusions):
     directory, vectors, tasks = pool

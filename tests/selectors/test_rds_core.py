@@ -6,12 +6,36 @@ import pytest
 from tamis.selectors.rds import max_similarity_per_task, round_robin, top, top_k_indices
 
 
-def brute_force(pool, tasks, aggregation, budget):
-    """Full (queries x N) score matrices, full sorts, Python loop: the reference's way."""
+def task_scores(pool, tasks, aggregation):
     per_task = []
     for queries in tasks:
         sims = queries.astype(np.float64) @ pool.T.astype(np.float64)
         per_task.append(sims.max(axis=0) if aggregation == "max" else sims.mean(axis=0))
+    return per_task
+
+
+def brute_force_reference(scores, budget):
+    """The reference script's round robin (get_top_aggregated_influences.py, minmax), written
+    as it does it: per-task lists sorted by score (stable: ties keep pool order), each task
+    in turn pops its first item; the picks are a dict in insertion order whose value is the
+    min of the popped scores."""
+    lists = [sorted(enumerate(row.tolist()), key=lambda x: x[1], reverse=True) for row in scores]
+    picked: dict[int, float] = {}
+    task_of: dict[int, int] = {}
+    while len(picked) < min(budget, scores.shape[1]):
+        for t in range(len(lists)):
+            if len(picked) >= min(budget, scores.shape[1]):
+                break
+            idx, score = lists[t].pop(0)
+            picked[idx] = min(score, picked.get(idx, float("inf")))
+            task_of.setdefault(idx, t)
+    return [(i, task_of[i], s) for i, s in picked.items()]
+
+
+def brute_force(pool, tasks, aggregation, budget):
+    """The balanced round robin: full (queries x N) score matrices, full sorts, a Python
+    loop; each task takes its best item not yet taken."""
+    per_task = task_scores(pool, tasks, aggregation)
     lists = [sorted(range(len(pool)), key=lambda i, s=s: (-s[i], i)) for s in per_task]
     taken, picks = set(), []
     pointers = [0] * len(tasks)
@@ -41,9 +65,15 @@ def test_round_robin_equals_brute_force(aggregation, n_tasks):
     scores = max_similarity_per_task(blocks, tasks, aggregation)
     want, want_scores = brute_force(pool, tasks, aggregation, budget=120)
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
-    got = round_robin(scores, 120)
+    got = round_robin(scores, 120, balanced=True)
     assert list(zip(got.index.tolist(), got.task.tolist(), strict=True)) == want
     np.testing.assert_array_equal(got.score, scores[got.task, got.index])
+    reference = round_robin(scores, 120)
+    want = brute_force_reference(scores, 120)
+    assert list(zip(reference.index.tolist(), reference.task.tolist(), strict=True)) == [
+        (i, t) for i, t, _ in want
+    ]
+    np.testing.assert_array_equal(reference.score, np.float32([s for _, _, s in want]))
 
 
 def test_ties_and_overlaps_go_to_the_lower_position():
@@ -53,8 +83,37 @@ def test_ties_and_overlaps_go_to_the_lower_position():
     tasks = [pool[[3, 5]], pool[[3]], pool[[8, 9, 10]]]
     scores = max_similarity_per_task([pool], tasks, "max")
     want, _ = brute_force(pool, tasks, "max", budget=299)
-    got = round_robin(scores, 299)
+    got = round_robin(scores, 299, balanced=True)
     assert list(zip(got.index.tolist(), got.task.tolist(), strict=True)) == want
+    reference = round_robin(scores, 299)
+    want = brute_force_reference(scores, 299)
+    assert list(zip(reference.index.tolist(), reference.task.tolist(), strict=True)) == [
+        (i, t) for i, t, _ in want
+    ]
+    np.testing.assert_array_equal(reference.score, np.float32([s for _, _, s in want]))
+
+
+def test_reference_and_balanced_differ_where_tasks_share_a_tied_block():
+    # Two tasks both rank a block of identical items first: under the reference a turn that
+    # pops an item the other task took is used up (and the item keeps the lower score);
+    # the balanced variant skips to the task's next untaken item.
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(300, 8)).astype(np.float32)
+    pool[40:60] = pool[40]  # a tied block
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    tasks = [np.stack([pool[40], pool[7]]), np.stack([pool[40] + 0.01 * pool[9], pool[11]])]
+    scores = max_similarity_per_task([pool], tasks, "max")
+    reference = round_robin(scores, 150)
+    balanced = round_robin(scores, 150, balanced=True)
+    want = brute_force_reference(scores, 150)
+    assert reference.index.tolist() == [i for i, _, _ in want]
+    assert reference.task.tolist() == [t for _, t, _ in want]
+    assert set(reference.index.tolist()) != set(balanced.index.tolist())
+    counts = np.bincount(balanced.task, minlength=2)
+    assert counts.tolist() == [75, 75]  # balanced: budget / T each
+    # Under the reference the overlapping tasks' turns are used up on each other's picks,
+    # so they end with unequal shares.
+    assert np.bincount(reference.task, minlength=2).tolist() != [75, 75]
 
 
 def test_budget_beyond_the_pool_takes_everything_once():

@@ -10,7 +10,8 @@ stage's subset holds the product so far). Under ``recipe.output``:
 Resuming: each stage's manifest holds a fingerprint of its config, of the files it reads and
 of the stage before it. A re-run skips a finished stage whose fingerprint is unchanged; a
 changed stage reruns, and with it every later one. A stage killed midway has no manifest
-and runs again from the start (and so do the stages after it).
+and runs again from the start (and so do the stages after it). tamis's own version is part
+of the fingerprint; `tamis select --overwrite` reruns every stage.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+import tamis
 from tamis.config import Config, RecipeStageConfig, require
 from tamis.pipelines.embed import versions
 from tamis.pipelines.stage import (
@@ -116,6 +118,7 @@ def stage_fingerprint(config: Config, stage: RecipeStageConfig, previous: str) -
         "queries": {k: dataclasses.asdict(v) for k, v in config.queries.items()},
         "index": dataclasses.asdict(config.index),
         "previous": previous,
+        "tamis": tamis.__version__,  # a new release reruns (edits within one do not: rerun)
     }
     files = _paths_in(sections["stage"]["params"]) + _paths_in(sections["queries"])
     if config.pool is not None:
@@ -153,8 +156,10 @@ def run_recipe(
     config: Config,
     beam_args: list[str] | None = None,
     on_stage: Callable[[StagePlan, dict, bool], None] | None = None,
+    rerun: bool = False,
 ) -> dict:
-    """Run (or resume) the recipe; write the final subset and the funnel manifest."""
+    """Run (or resume) the recipe; write the final subset and the funnel manifest.
+    `rerun`: run every stage, finished or not (e.g. after changing tamis itself)."""
     started = time.perf_counter()
     recipe = require(config.recipe, "recipe")
     output = require(recipe.output, "recipe.output")
@@ -165,7 +170,7 @@ def run_recipe(
     previous_fingerprint = ""
     funnel: list[dict] = []
     pool = None
-    rerun = False  # once a stage runs, every later one runs too
+    # Once a stage runs, every later one runs too.
     for plan in plans:
         fingerprint = stage_fingerprint(config, plan.spec, previous_fingerprint)
         manifest = None if rerun else finished_manifest(plan.output, fingerprint)

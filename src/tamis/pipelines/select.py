@@ -27,10 +27,12 @@ def run_select(
     config: Config,
     beam_args: list[str] | None = None,
     on_stage: Callable[[StagePlan, dict, bool], None] | None = None,
+    rerun: bool = False,
 ) -> dict:
-    """Run the stages; return the manifest (the recipe's, or the one stage's)."""
+    """Run the stages; return the manifest (the recipe's, or the one stage's). `rerun`: a
+    recipe runs every stage, finished or not."""
     if config.recipe is not None:
-        return run_recipe(config, beam_args, on_stage)
+        return run_recipe(config, beam_args, on_stage, rerun)
     if config.selection is None:
         raise ConfigError("selection: required key missing (or a recipe section)")
     (plan,) = plan_selection(config)

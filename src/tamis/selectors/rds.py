@@ -27,6 +27,7 @@ from tamis.selectors.rds_core import (  # noqa: F401  (the core's names, re-expo
     merge_candidates,
     query_round_robin,
     round_robin,
+    round_robin_balanced_ranked,
     round_robin_ranked,
     shard_candidates,
     top,
@@ -46,8 +47,11 @@ class RdsSelector(Selector):
     @dataclass
     class Params:
         aggregation: Literal["max", "mean"] = "max"
-        # round_robin: tasks take turns in their configured order; top: one global ranking.
-        multi_task: Literal["round_robin", "top"] = "round_robin"
+        # round_robin: the reference's: tasks take turns in their configured order, each
+        # turn pops the task's next item (one already taken: the turn is used up);
+        # round_robin_balanced: each turn takes the task's best item not yet taken (every
+        # task gets budget / T unique items); top: one global ranking by best task score.
+        multi_task: Literal["round_robin", "round_robin_balanced", "top"] = "round_robin"
         # The reference's single-task script: queries (all tasks', in task order) take turns
         # instead of tasks; each turn pops the query's next item.
         query_round_robin: bool = False
@@ -66,8 +70,11 @@ class RdsSelector(Selector):
         )
         if inputs.excluded is not None:
             scores[:, inputs.excluded] = -np.inf
-        merge = round_robin if self.params.multi_task == "round_robin" else top
-        return self.selection_from_picks(merge(scores, budget), inputs.ids, names)
+        if self.params.multi_task == "top":
+            picks = top(scores, budget)
+        else:
+            picks = round_robin(scores, budget, self.params.multi_task == "round_robin_balanced")
+        return self.selection_from_picks(picks, inputs.ids, names)
 
     def select_distributed(
         self, inputs: SelectionInputs, budget: int, seed: int, job: BeamJob

@@ -50,8 +50,8 @@ class ScoreShard(beam.DoFn):
         )
 
 
-def _write_picks(merged: list, output: str, n_tasks: int, budget: int) -> None:
-    picks = merge_candidates(dict(merged), n_tasks, budget)
+def _write_picks(merged: list, output: str, n_tasks: int, budget: int, balanced: bool) -> None:
+    picks = merge_candidates(dict(merged), n_tasks, budget, balanced)
     write_json_atomic(
         FileSystems.join(output, PICKS_FILE),
         {
@@ -95,7 +95,10 @@ def rds_on_beam(
             # Best first: higher score, then lower pool position (the local tie order).
             | "TopPerTask" >> beam.combiners.Top.PerKey(budget, key=lambda c: (c[0], -c[1]))
             | "AllTasks" >> beam.combiners.ToList()
-            | "MergeAndWrite" >> beam.Map(_write_picks, output, len(tasks), budget)
+            | "MergeAndWrite"
+            >> beam.Map(
+                _write_picks, output, len(tasks), budget, multi_task == "round_robin_balanced"
+            )
         )
     picks_path = FileSystems.join(output, PICKS_FILE)
     picks = read_json(picks_path)

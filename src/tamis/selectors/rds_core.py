@@ -112,24 +112,68 @@ class RdsPicks:
     score: np.ndarray  # that task's score of the pick
 
 
-def round_robin(scores: np.ndarray, budget: int) -> RdsPicks:
-    """Tasks take turns in order, each taking its best item not yet taken, until the budget.
+def round_robin(scores: np.ndarray, budget: int, balanced: bool = False) -> RdsPicks:
+    """Tasks take turns in order until the budget (`round_robin_ranked`; `balanced`: each
+    turn takes the task's best item not yet taken, `round_robin_balanced_ranked`).
 
-    A task looks at no more than `budget` of its candidates: each one it passes over was
-    taken already, and at most `budget` items are ever taken. So per-task top-`budget` lists
+    A task pops no more than `budget` of its candidates: each item it pops is selected (by
+    it or earlier), and at most `budget` items are selected. So per-task top-`budget` lists
     give the same picks as full sorts (and per-shard top lists, merged, give them too).
     """
     budget = min(budget, scores.shape[1])
     ranked = [top_k_indices(row, budget) for row in scores]
-    return round_robin_ranked(
-        ranked, [row[r] for row, r in zip(scores, ranked, strict=True)], budget
-    )
+    ranked_scores = [row[r] for row, r in zip(scores, ranked, strict=True)]
+    merge = round_robin_balanced_ranked if balanced else round_robin_ranked
+    return merge(ranked, ranked_scores, budget)
 
 
 def round_robin_ranked(
     ranked: Sequence[np.ndarray], ranked_scores: Sequence[np.ndarray], budget: int
 ) -> RdsPicks:
-    """The round robin over per-task candidate lists, each best first (positions, scores)."""
+    """The reference's round robin (get_top_aggregated_influences.py) over per-task lists,
+    each best first: tasks take turns in order, each turn pops the task's next item; an item
+    already taken adds nothing (the turn is used up) and keeps the lower of its scores.
+
+    An item's task is the one that took it first. A task whose list runs out sits out (the
+    reference would fail). Tasks that overlap others get fewer unique items.
+    """
+    cursor = [0] * len(ranked)
+    where: dict[int, int] = {}  # item -> its place in the picks
+    index: list[int] = []
+    task: list[int] = []
+    score: list[float] = []
+    while len(index) < budget:
+        popped = False
+        for t, order in enumerate(ranked):
+            if len(index) == budget:
+                break
+            if cursor[t] == len(order):
+                continue
+            item, value = int(order[cursor[t]]), ranked_scores[t][cursor[t]]
+            cursor[t] += 1
+            popped = True
+            if item in where:
+                score[where[item]] = min(score[where[item]], value)
+                continue
+            where[item] = len(index)
+            index.append(item)
+            task.append(t)
+            score.append(value)
+        if not popped:
+            break
+    return RdsPicks(
+        np.asarray(index, dtype=np.int64),
+        np.asarray(task, dtype=np.int64),
+        np.asarray(score, dtype=np.float32),
+    )
+
+
+def round_robin_balanced_ranked(
+    ranked: Sequence[np.ndarray], ranked_scores: Sequence[np.ndarray], budget: int
+) -> RdsPicks:
+    """The balanced round robin over per-task lists, each best first: tasks take turns in
+    order, each taking its best item not yet taken, so every task gets budget / T unique
+    items (while its list lasts). Not the reference's: see `round_robin_ranked`."""
     cursor = [0] * len(ranked)
     taken: set[int] = set()
     index, task, score = [], [], []
@@ -212,16 +256,17 @@ def shard_candidates(
 ) -> list[tuple[int, tuple[float, int, int]]]:
     """One shard's share of an exact distributed RDS+: (key, (score, position, task)).
 
-    round_robin: each task's top-`budget` items of the shard (key = task); top: the shard's
-    top-`budget` by best task score (key = BEST_TASK). The global top-`budget` of a key is
-    among the union of the shards' top-`budget`, so merging them is exact.
+    round_robin and round_robin_balanced: each task's top-`budget` items of the shard (key =
+    task); top: the shard's top-`budget` by best task score (key = BEST_TASK). The global
+    top-`budget` of a key is among the union of the shards' top-`budget`, so merging them
+    is exact.
     """
     scores = max_similarity_per_task([block], tasks, aggregation)
     positions = np.arange(offset, offset + len(block))
     if excluded is not None:
         scores[:, np.isin(positions, excluded)] = -np.inf
     out: list[tuple[int, tuple[float, int, int]]] = []
-    if multi_task == "round_robin":
+    if multi_task in ("round_robin", "round_robin_balanced"):
         for t, row in enumerate(scores):
             for i in top_k_indices(row, budget):
                 out.append((t, (float(row[i]), int(positions[i]), t)))
@@ -234,7 +279,10 @@ def shard_candidates(
 
 
 def merge_candidates(
-    candidates: dict[int, Sequence[tuple[float, int, int]]], n_tasks: int, budget: int
+    candidates: dict[int, Sequence[tuple[float, int, int]]],
+    n_tasks: int,
+    budget: int,
+    balanced: bool = False,
 ) -> RdsPicks:
     """Picks from merged candidate lists (each list best first, as shard_candidates keys)."""
     if BEST_TASK in candidates:
@@ -247,4 +295,5 @@ def merge_candidates(
     lists = [list(candidates.get(t, [])) for t in range(n_tasks)]
     ranked = [np.asarray([c[1] for c in rows], dtype=np.int64) for rows in lists]
     scores = [np.asarray([c[0] for c in rows], dtype=np.float32) for rows in lists]
-    return round_robin_ranked(ranked, scores, budget)
+    merge = round_robin_balanced_ranked if balanced else round_robin_ranked
+    return merge(ranked, scores, budget)
