@@ -265,9 +265,9 @@ class EncodeShard(beam.DoFn):
         if not self.show_progress:
             return
         if self.bar is None:
-            from tqdm.auto import tqdm
+            from tamis.progress import progress_bar
 
-            self.bar = tqdm(total=self.progress_total, unit="text", desc="embed", smoothing=0.1)
+            self.bar = progress_bar(self.progress_total, "embed", "text", smoothing=0.1)
         self.bar.update(n)
 
     def process(self, element, shard_keys: list):

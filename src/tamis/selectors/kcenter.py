@@ -117,9 +117,9 @@ def k_center_greedy(
     radius = np.empty(budget, dtype=np.float64)
     progress_bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tamis.progress import progress_bar as make_bar
 
-        progress_bar = tqdm(total=budget, desc=f"k-center ({metric})", unit="pick")
+        progress_bar = make_bar(budget, f"k-center ({metric})", "pick")
     step = 0
     if not len(centers) and budget:
         # Every distance is infinite: the reference's argmax takes the first candidate.
