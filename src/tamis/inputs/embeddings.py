@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.config import Config, ConfigError, PoolConfig, QuerySource, RunnerConfig, require
@@ -47,9 +49,43 @@ def load_pool_embeddings(ctx: StageContext, inputs: SelectionInputs) -> None:
             f"embedding.output: {pool_dir} holds other ids than the pool ({ctx.pool_input})"
         )
     inputs.dim = manifest["model"].get("dim")
-    inputs.blocks = lambda: iter_vector_blocks(pool_dir)
+    inputs.blocks = lambda: finite_blocks(pool_dir, ids)
     inputs.index = ctx.config.index
     inputs.origin["embeddings"] = {"path": pool_dir, "fingerprint": manifest.get("fingerprint")}
+
+
+def non_finite_error(where: str, ids: Sequence[str] | pa.Array, rows: np.ndarray) -> InputError:
+    """NaN / infinite vectors: how many and the first ids (a vector like that would be
+    ranked first, last or silently left out)."""
+    shown = ", ".join(repr(i) for i in ids_of(ids, rows[:5]))
+    return InputError(
+        f"{where}: {len(rows)} vectors hold NaN or infinite values (ids {shown}); "
+        "re-embed or drop those records"
+    )
+
+
+def ids_of(ids: Sequence[str] | pa.Array, rows: np.ndarray) -> list[str]:
+    if isinstance(ids, pa.Array | pa.ChunkedArray):
+        return ids.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+    return [ids[int(i)] for i in rows]
+
+
+def finite_blocks(pool_dir: str, ids: pa.Array) -> Iterator[np.ndarray]:
+    """The pool's vector blocks, each checked as it is read: a NaN or infinite vector is an
+    InputError with the count over the whole pool and the first ids."""
+    blocks = iter_vector_blocks(pool_dir)
+    offset = 0
+    for block in blocks:
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            rows = [offset + np.flatnonzero(bad)]
+            offset += len(block)
+            for rest in blocks:  # the rest of the pool, for the count
+                rows.append(offset + np.flatnonzero(~np.isfinite(rest).all(axis=1)))
+                offset += len(rest)
+            raise non_finite_error(f"embedding.output {pool_dir}", ids, np.concatenate(rows))
+        offset += len(block)
+        yield block
 
 
 def query_embeddings(
@@ -87,6 +123,9 @@ def query_embeddings(
         where = source.path
     if len(vectors) == 0:
         raise ConfigError(f"{key}: no valid records in {where}")
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise non_finite_error(f"{key} ({where})", ids, bad)
     origin["queries"] = len(vectors)
     return ids, vectors, origin
 
