@@ -99,7 +99,10 @@ def test_probabilities_file_and_labelled_id_file(pool):
 
 
 def test_no_labelled_set_starts_at_the_first_record_or_a_seeded_random_one(pool):
-    root, _, _ = pool
+    root, records, _ = pool
+    # Without labeled_field a boolean `labeled` column is used (see below): drop it here.
+    write_jsonl(root / "pool.jsonl", [{k: v for k, v in r.items() if k != "labeled"}
+                                      for r in records])  # fmt: skip
     manifest = run_select(config_from_dict(job(root, budget=3, params={})))
     subset = read_jsonl(root / "subset" / "subset.jsonl")
     assert subset[0]["id"] == "doc0" and subset[0]["coverage_radius"] is None  # JSON null
@@ -124,3 +127,33 @@ def test_bad_pcoreset_inputs_fail_before_selecting(pool):
     with pytest.raises(InputError, match=r"row 9 \(id 'doc9'\): 'probs' sums to 2"):
         run_select(config_from_dict(job(root)))
     assert not (root / "subset").exists()
+
+
+def test_a_labeled_column_is_used_by_default_and_must_hold_booleans(pool, caplog):
+    import logging
+
+    root, records, probs = pool
+    with caplog.at_level(logging.INFO, logger="tamis"):
+        auto = run_select(config_from_dict(job(root, budget=4, params={})))
+    assert auto["counts"]["labeled"] == 4
+    assert "labelled set: the 'labeled' column (4 true)" in caplog.text
+    explicit = run_select(config_from_dict(job(root, budget=4)))  # labeled_field: labeled
+    assert auto["counts"] == explicit["counts"]
+    rows = [{**r, "labeled": ["yes", "false", "no", "true"][i % 4] if i < 8 else None}
+            for i, r in enumerate(records)]  # fmt: skip
+    write_jsonl(root / "pool.jsonl", rows)
+    for params in ({}, {"labeled_field": "labeled"}):
+        with pytest.raises(
+            InputError, match=r"record 'doc0'\) ?|'labeled' must be true or false, got 'yes'"
+        ):
+            run_select(config_from_dict(job(root, budget=4, params=params)))
+    with pytest.raises(InputError, match=r"no record has a 'done' field"):
+        run_select(config_from_dict(job(root, budget=4, params={"labeled_field": "done"})))
+    pq.write_table(
+        pa.table({"id": [r["id"] for r in records], "probs": probs.tolist(),
+                  "is_labeled": [str(i < 4) for i in range(40)]}),
+        root / "preds.parquet",
+    )  # fmt: skip
+    params = {"probabilities": str(root / "preds.parquet"), "labeled_field": "is_labeled"}
+    with pytest.raises(InputError, match=r"preds.parquet: row 0 \(id 'doc0'\): 'is_labeled' must"):
+        run_select(config_from_dict(job(root, budget=4, params=params)))

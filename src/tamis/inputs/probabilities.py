@@ -11,9 +11,10 @@ names the file, the row and the id.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,8 @@ from tamis.inputs.context import (
     input_loader,
 )
 from tamis.records import InputError, resolve_inputs
+
+log = logging.getLogger(__name__)
 
 SUM_TOLERANCE = 1e-4
 # Columns tried, in order, when the field is "auto".
@@ -286,26 +289,67 @@ def positions_of(
     return np.asarray([position[rid] for rid in wanted], dtype=np.int64)
 
 
-def flagged_ids(path: str, field: str, id_field: str = "id") -> list[str]:
-    """Ids of the rows of Parquet or JSONL files whose `field` is true."""
+_ABSENT = object()
+
+
+def true_ids(
+    rows: Iterable[tuple[str, Any, str]], field: str, source: str, required: bool = True
+) -> list[str] | None:
+    """Ids whose `field` is true, from (id, value, where) rows (value `_ABSENT` where the
+    record lacks the field; null counts as false). A value that is not a boolean is an
+    InputError naming where and the id; a field no row has is one too (None when not
+    `required`)."""
+    ids, present = [], False
+    for rid, value, where in rows:
+        if value is _ABSENT:
+            continue
+        present = True
+        if value is None:
+            continue
+        if not isinstance(value, bool | np.bool_):
+            raise InputError(
+                f"{source}: {where} (id {rid!r}): {field!r} must be true or false, got {value!r}"
+            )
+        if value:
+            ids.append(str(rid))
+    if not present:
+        if not required:
+            return None
+        raise InputError(f"{source}: no record has a {field!r} field")
+    return ids
+
+
+def flagged_ids(path: str, field: str, id_field: str = "id", required: bool = True):
+    """Ids of the rows of Parquet or JSONL files whose boolean `field` is true (None: no
+    such field and not `required`)."""
     ids: list[str] = []
+    found = False
     for source in resolve_inputs(path):
         if source.format == "parquet":
             with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 table = pq.read_table(f)
-            for name in (id_field, field):
-                if name not in table.column_names:
-                    raise InputError(f"{source.path}: no {name!r} column")
-            flags = table.column(field).to_pylist()
-            row_ids = table.column(id_field).to_pylist()
-            ids += [str(r) for r, flag in zip(row_ids, flags, strict=True) if flag]
+            if id_field not in table.column_names:
+                raise InputError(f"{source.path}: no {id_field!r} column")
+            if field not in table.column_names:
+                continue
+            rows = zip(table.column(id_field).to_pylist(), table.column(field).to_pylist(),
+                       (f"row {i}" for i in range(table.num_rows)), strict=False)  # fmt: skip
         else:
             with FileSystems.open(source.path, compression_type=CompressionTypes.AUTO) as stream:
-                for line in iter(stream.readline, b""):
-                    if line.strip():
-                        record = json.loads(line)
-                        if record.get(field):
-                            ids.append(str(record[id_field]))
+                records = [
+                    (number, json.loads(line))
+                    for number, line in enumerate(stream.read().splitlines(), start=1)
+                    if line.strip()
+                ]
+            rows = ((r.get(id_field), r.get(field, _ABSENT), f"line {n}") for n, r in records)
+        found_here = true_ids(rows, field, source.path, required=False)
+        if found_here is not None:
+            found = True
+            ids += found_here
+    if not found:
+        if not required:
+            return None
+        raise InputError(f"{path}: no record has a {field!r} field")
     return ids
 
 
@@ -443,30 +487,43 @@ def load_probabilities(ctx: StageContext, inputs: SelectionInputs) -> None:
     }
 
 
+AUTO_LABELED_FIELD = "labeled"
+
+
 @input_loader(LABELED)
 def load_labeled(ctx: StageContext, inputs: SelectionInputs) -> None:
-    """Pool positions of the labelled examples named by `labeled` or `labeled_field`."""
+    """Pool positions of the labelled examples named by `labeled` (a file of ids) or
+    `labeled_field` (a boolean column); without either, a boolean `labeled` column of the
+    probabilities file or the pool records is used when there is one (said in the log)."""
     from tamis.records import iter_pool_records
 
     p = ctx.params
     if p.labeled is not None and p.labeled_field is not None:
         raise ConfigError(f"{ctx.key}.params: give labeled (a file of ids) or labeled_field")
+    wanted: list[str] | None
     if p.labeled is not None:
         wanted = read_id_list(p.labeled)
         origin = {"path": p.labeled}
-    elif p.labeled_field is not None:
-        field = p.labeled_field
+    else:
+        field = p.labeled_field or AUTO_LABELED_FIELD
+        required = p.labeled_field is not None
         source = getattr(p, "probabilities", None)
         if source is not None:
-            wanted = flagged_ids(source, field)
+            wanted = flagged_ids(source, field, required=required)
             origin = {"path": source, "field": field}
-        else:
-            pool = require(ctx.config.pool, "pool")
-            wanted = [
-                r.id for r in iter_pool_records(pool, keep_fields=True) if r.fields.get(field)
-            ]
+        elif ctx.config.pool is not None:
+            pool = ctx.config.pool
+            rows = ((r.id, r.fields.get(field, _ABSENT), f"{r.source}:{r.line}")
+                    for r in iter_pool_records(pool, keep_fields=True))  # fmt: skip
+            wanted = true_ids(rows, field, "pool", required=required)
             origin = {"path": pool.path, "field": field}
-    else:
+        else:
+            if required:  # labeled_field needs records to read
+                require(ctx.config.pool, "pool")
+            wanted = None
+        if wanted is not None and not required:
+            log.info("labelled set: the %r column (%d true)", field, len(wanted))
+    if wanted is None:
         inputs.labeled = np.zeros(0, dtype=np.int64)
         inputs.origin["labeled"] = {"count": 0}
         return
