@@ -45,7 +45,7 @@ def test_the_worked_example_fits_and_plans(tmp_path, capsys):
         ("bucket,samples_seen,error\na,10,0.5\na,lots,0.4\n", "row 2: 'samples_seen' is not a"),
         (
             "bucket,samples_seen,error\na,10,0.5\na,-20,0.4\n",
-            "row 2: samples_seen must be positive",
+            "row 2: 'samples_seen' must be positive",
         ),
     ],
 )
@@ -115,12 +115,198 @@ def test_scaling_law_selector_keeps_the_best_buckets(tmp_path, capsys):
 
     low = run_select(config_from_dict(job("32M")))
     assert low["info"]["best_buckets"] == ["top0-10%"] and low["counts"]["selected"] == 10
-    high = run_select(config_from_dict(job("3.2B")))
+    high = run_select(config_from_dict(job("3.2B", output=str(tmp_path / "high"))))
     assert high["info"]["top_m"] == 3 and high["counts"]["selected"] == 30
     # Without a bucket column: quantiles of quality_score (highest = best bucket).
     for row in pool:
         del row["bucket"]
     write_jsonl(tmp_path / "pool.jsonl", pool)
-    by_score = run_select(config_from_dict(job("32M")))
-    rows = [json.loads(x) for x in (tmp_path / "out" / "subset.jsonl").read_text().splitlines()]
+    by_score = run_select(config_from_dict(job("32M", output=str(tmp_path / "by_score"))))
+    subset = tmp_path / "by_score" / "subset.jsonl"
+    rows = [json.loads(x) for x in subset.read_text().splitlines()]
     assert by_score["counts"]["selected"] == 10 and all(r["score"] == 0.0 for r in rows)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expecting exit 2 and one `tamis: error:` line (no traceback): the line."""
+    assert tamis_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tamis: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def scaling_job(tmp_path, observations: str) -> str:
+    import yaml
+
+    job = {
+        "scaling": {
+            "observations": observations,
+            "pool_size": "12.8M",
+            "fit": {"a": 0.025, "d": 0.1},
+            "compute": ["32M", "1.28B"],
+            "output": str(tmp_path / "out"),
+        }
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    return str(tmp_path / "job.yaml")
+
+
+HEADER = "bucket,samples_seen,error\n"
+FALLING = "a,1e6,0.5\na,2e6,0.4\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, needle",
+    [
+        # Errors outside [0, 1] were fitted (or refused only as "does not fall").
+        (
+            "obs.csv",
+            HEADER + FALLING + "a,3e6,-0.5\n",
+            "row 3: 'error' must be in [0, 1], got -0.5",
+        ),
+        ("obs.csv", HEADER + "a,1e6,1.7\n" + FALLING, "row 1: 'error' must be in [0, 1], got 1.7"),
+        (
+            "obs.csv",
+            "bucket,samples_seen,accuracy\na,1e6,0.2\na,2e6,1.5\na,3e6,0.4\n",
+            "row 2: 'accuracy' must be in [0, 1], got 1.5",
+        ),
+        # Were tracebacks.
+        ("obs.csv", HEADER + FALLING + "a,3e6,inf\n", "row 3: 'error' is not a finite number"),
+        ("obs.csv", "", "empty file, no observations"),
+        (
+            "obs.csv",
+            "bucket,samples_seen,error,pool_size\na,1e6,0.5,0\n",
+            "row 1: 'pool_size' must",
+        ),
+        ("obs.jsonl", "not json\n", "JSON parse error"),
+        ("obs.jsonl", "", "Empty JSON file"),
+        ("obs.parquet", "PAR1 not parquet", "not a readable Parquet file"),
+        (
+            "obs.jsonl",
+            '{"bucket": "a", "samples_seen": 1e6, "error": [0.5]}\n',
+            "row 1: 'error' is not a finite number ([0.5])",
+        ),
+        # Were fitted as a bucket named 'None', or as 1.0.
+        ("obs.csv", HEADER + ",1e6,0.5\n", "row 1: 'bucket' is empty"),
+        (
+            "obs.jsonl",
+            '{"bucket": "a", "samples_seen": 1e6, "error": true}\n',
+            "row 1: 'error' is not a finite number (True)",
+        ),
+        ("obs.csv", HEADER, "no observations (only a header)"),
+        ("obs.csv", HEADER + FALLING + "a,inf,0.3\n", "row 3: 'samples_seen' is not a finite"),
+    ],
+)
+def test_bad_observation_files_fail_on_the_cli(tmp_path, capsys, name, text, needle):
+    (tmp_path / name).write_text(text)
+    line = cli_error(capsys, ["scaling", "fit", scaling_job(tmp_path, str(tmp_path / name))])
+    assert f"{tmp_path / name}: " in line and needle in line
+
+
+GOOD_FIT = {
+    "a": 0.025,
+    "d": 0.1,
+    "z": 1e5,
+    "buckets": {
+        "hi": {"b": -0.15, "tau": 3.0, "pool_size": 12.8e6},
+        "lo": {"b": -0.1, "tau": 2.0, "pool_size": 12.8e6},
+    },
+    "loss": 0.0,
+    "method": "least_squares",
+}
+
+
+def bad_fit(path: list[str], value) -> str:
+    fit = json.loads(json.dumps(GOOD_FIT))
+    *head, last = path
+    target = fit
+    for key in head:
+        target = target[key]
+    target[last] = value
+    return json.dumps(fit)  # NaN and Infinity as Python's json writes them
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        # Planned "predicted error 0.0000" (or nonsense) before.
+        (bad_fit(["buckets", "lo", "tau"], -1.0), "buckets.lo.tau must be a positive number"),
+        (bad_fit(["buckets", "lo", "tau"], 0), "buckets.lo.tau must be a positive number"),
+        (bad_fit(["buckets", "lo", "tau"], float("nan")), "buckets.lo.tau must be a positive"),
+        (bad_fit(["buckets", "hi", "b"], 0.2), "buckets.hi.b must be a negative number"),
+        (bad_fit(["buckets", "hi", "b"], float("-inf")), "buckets.hi.b must be a negative"),
+        (bad_fit(["d"], -0.5), "'d' must be a number >= 0"),
+        # Were tracebacks in `scaling plan` (matplotlib) or in the selector.
+        (bad_fit(["a"], float("nan")), "'a' must be a positive number, got nan"),
+        (bad_fit(["a"], 0), "'a' must be a positive number, got 0"),
+        (bad_fit(["d"], float("inf")), "'d' must be a number >= 0, got inf"),
+        (bad_fit(["z"], -1), "'z' must be a positive number"),
+        (bad_fit(["buckets", "lo", "pool_size"], 1e6), "needs equal-size buckets"),
+        (bad_fit(["buckets", "lo", "pool_size"], 0), "buckets.lo.pool_size must be a positive"),
+        # Named the file but not the key.
+        (bad_fit(["loss"], "small"), "'loss' must be a number"),
+        (bad_fit(["buckets", "lo"], [1]), "buckets.lo must be an object"),
+        ("[]", "expected a JSON object"),
+        ("", "not a JSON fit"),
+        (json.dumps(GOOD_FIT)[:60], "not a JSON fit"),
+    ],
+)
+def test_bad_fits_are_refused_by_plan_and_by_the_selector(tmp_path, capsys, text, needle):
+    import yaml
+
+    from conftest import write_jsonl
+
+    (tmp_path / "out").mkdir()
+    fit_path = tmp_path / "out" / "fit.json"
+    fit_path.write_text(text)
+    line = cli_error(capsys, ["scaling", "plan", scaling_job(tmp_path, "unused.csv")])
+    assert line.startswith(f"tamis: error: {fit_path}: ") and needle in line
+    assert not (tmp_path / "out" / "plan.csv").exists()
+    pool = [{"id": f"x{i}", "text": "t", "bucket": ["hi", "lo"][i % 2]} for i in range(6)]
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+    job = {
+        "pool": {"path": str(tmp_path / "pool.jsonl")},
+        "selection": {
+            "selector": "scaling_law",
+            "params": {"fit": str(fit_path), "compute": "32M"},
+            "output": str(tmp_path / "subset"),
+        },
+    }
+    (tmp_path / "select.yaml").write_text(yaml.safe_dump(job))
+    line = cli_error(capsys, ["select", str(tmp_path / "select.yaml")])
+    assert line.startswith(f"tamis: error: {fit_path}: ") and needle in line
+
+
+@pytest.mark.parametrize(
+    "rows, needle",
+    [
+        # A NaN or missing score went to the worst bucket without a word; text was a traceback.
+        (['{"id": "x0", "quality_score": NaN}'], "(id 'x0'): 'quality_score' must be a finite"),
+        ([{"id": "x0", "quality_score": None}], "(id 'x0'): 'quality_score' must be a finite"),
+        ([{"id": "x0", "quality_score": "high"}], "(id 'x0'): 'quality_score' must be a finite"),
+        # A null bucket was a TypeError (None sorted with names); a list one a polars error.
+        ([{"id": "x0", "bucket": None, "quality_score": 1.0}], "(id 'x0'): 'bucket' must be"),
+        ([{"id": "x0", "bucket": ["hi"]}], "(id 'x0'): 'bucket' must be a bucket name"),
+        ([{"id": None, "bucket": "hi"}], ": no 'id' (null)"),
+    ],
+)
+def test_bad_bucketed_pools_are_named_by_file_line_id(tmp_path, capsys, rows, needle):
+    import yaml
+
+    from conftest import write_jsonl
+
+    (tmp_path / "fit.json").write_text(json.dumps(GOOD_FIT))
+    write_jsonl(tmp_path / "pool.jsonl", ["", *rows])
+    job = {
+        "pool": {"path": str(tmp_path / "pool.jsonl")},
+        "selection": {
+            "selector": "scaling_law",
+            "params": {"fit": str(tmp_path / "fit.json"), "compute": "32M"},
+            "output": str(tmp_path / "subset"),
+        },
+    }
+    (tmp_path / "select.yaml").write_text(yaml.safe_dump(job))
+    line = cli_error(capsys, ["select", str(tmp_path / "select.yaml")])
+    assert f"{tmp_path / 'pool.jsonl'}:2" in line and needle in line

@@ -167,3 +167,141 @@ def test_the_worked_example_runs_as_documented(tmp_path, capsys):
     assert manifest["counts"]["pool"] == 120 and manifest["counts"]["difficult"] > 0
     rows = [json.loads(x) for x in (data / "humaneval_evaluation.jsonl").read_text().splitlines()]
     assert all(r["note"].startswith("made-up student evaluation") for r in rows)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expecting exit 2 and one `tamis: error:` line (no traceback): the line."""
+    assert tamis_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tamis: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# First rows without the column under test (Arrow's reader refuses a column whose type
+# changes between rows, naming the file: the row-by-row checks here come after it).
+BY_FLAG = {"id": "q1", "correct": False, "missing_skills": ["algebra"]}
+BY_REWARDS = {"id": "q1", "rewards": [0.1], "missing_skills": ["algebra"]}
+NO_SKILLS = {"id": "q1", "correct": False}
+
+
+@pytest.mark.parametrize(
+    "first, second, needle",
+    [
+        # Were counted as "not difficult" without a word.
+        (BY_FLAG, {"id": "q2", "rewards": [], "missing_skills": []}, "'rewards' is empty"),
+        (BY_FLAG, '{"id": "q2", "rewards": [0.9, NaN]}', "'rewards' must be finite"),
+        (BY_FLAG, '{"id": "q2", "rewards": [Infinity]}', "'rewards' must be finite"),
+        (BY_FLAG, {"id": "q2", "rewards": [0.5, None]}, "'rewards' must be finite"),
+        (BY_REWARDS, {"id": "q2", "correct": "no"}, "'correct' must be true or false"),
+        (BY_REWARDS, {"id": "q2", "correct": 0}, "'correct' must be true or false"),
+        (BY_FLAG, {"id": "q2", "missing_skills": []}, "neither 'correct' nor 'rewards'"),
+        # Were polars tracebacks.
+        (BY_FLAG, {"id": "q2", "rewards": 0.4}, "'rewards' must be a list"),
+        (BY_FLAG, {"id": "q2", "rewards": ["0.4"]}, "'rewards' must be a list"),
+        (NO_SKILLS, {"id": "q2", "correct": False, "missing_skills": [1]}, "must be a list"),
+        (NO_SKILLS, {"id": "q2", "correct": True, "missing_skills": [None]}, "has a null"),
+        (BY_FLAG, {"id": "q2", "correct": False, "missing_skills": [" "]}, "has a blank"),
+        (NO_SKILLS, {"id": "q2", "correct": False, "missing_skills": [["a"]]}, "must be a list"),
+    ],
+)
+def test_bad_evaluation_rows_are_named_by_file_line_id_and_key(
+    stat_job, capsys, first, second, needle
+):
+    root, job = stat_job
+    write_jsonl(root / "evaluation.jsonl", [first, "", second])  # line 2 is blank
+    (root / "job.yaml").write_text(yaml.safe_dump(job()))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert f"{root / 'evaluation.jsonl'}:3 (id 'q2'): " in line and needle in line
+
+
+@pytest.mark.parametrize(
+    "rows, needle",
+    [
+        # A whole column of one wrong type: polars errors before.
+        ([{"id": "q1", "rewards": "0.4", "missing_skills": []}], "'rewards' must be a list"),
+        ([{"id": "q1", "correct": False, "missing_skills": "algebra"}], "must be a list of skill"),
+        ([{"id": "q1", "rewards": None, "missing_skills": []}], "neither 'correct' nor"),
+        (["", "  "], "no questions"),
+        ([{"id": "q1", "missing_skills": []}], "each question needs 'correct' or 'rewards'"),
+        ([{"id": "q1", "correct": False}], "no 'missing_skills' column"),
+        (['{"id": "q1", "correct": false, "missing_skills": ["alg'], "JSON parse error"),
+    ],
+)
+def test_bad_evaluation_files_fail_clearly(stat_job, capsys, rows, needle):
+    root, job = stat_job
+    write_jsonl(root / "evaluation.jsonl", rows)
+    (root / "job.yaml").write_text(yaml.safe_dump(job()))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert str(root / "evaluation.jsonl") in line and needle in line
+
+
+def test_empty_missing_skills_lists_are_no_missing_skills(stat_job, capsys):
+    """`missing_skills: []` on every row (an all-empty list column) was a polars traceback:
+    now it is simply no missing skill; with nothing to target, the error names the file."""
+    root, job = stat_job
+    write_jsonl(root / "evaluation.jsonl", [{"id": "q1", "correct": False, "missing_skills": []}])
+    (root / "job.yaml").write_text(yaml.safe_dump(job()))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert "selection.params.evaluation: no difficult question misses a skill" in line
+    assert str(root / "evaluation.jsonl") in line
+    (root / "job.yaml").write_text(yaml.safe_dump(job(mix_uniform=0.5)))
+    assert tamis_main(["select", str(root / "job.yaml")]) == 0
+    manifest = json.loads((root / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["difficult_without_missing_skills"] == 1
+    # Sample mode with nothing to draw from was a traceback (stat_sample's ValueError).
+    sample = job(mode="sample", mix_uniform=0.5)
+    sample["selection"].update(budget=10, output=str(root / "sample"))
+    (root / "job.yaml").write_text(yaml.safe_dump(sample))
+    assert "no difficult question misses" in cli_error(capsys, ["select", str(root / "job.yaml")])
+
+
+def test_evaluation_rows_in_parquet_are_named_by_row(stat_job, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, job = stat_job
+    table = pa.table(
+        {
+            "id": ["q1", "q2"],
+            "rewards": [[0.1, 0.2], [float("nan")]],
+            "missing_skills": [["algebra"], []],
+        }
+    )
+    pq.write_table(table, root / "evaluation.parquet")
+    (root / "job.yaml").write_text(yaml.safe_dump(job(evaluation=str(root / "evaluation.parquet"))))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert f"{root / 'evaluation.parquet'}: row 1 (id 'q2'): 'rewards' must be finite" in line
+
+
+@pytest.mark.parametrize(
+    "record, needle",
+    [
+        ({"id": "p9", "text": "t", "skills": [1, 2]}, "(id 'p9'): 'skills' must be a list of"),
+        ({"id": "p9", "text": "t", "skills": "algebra"}, "(id 'p9'): 'skills' must be a list of"),
+        ({"id": "p9", "text": "t", "skills": [None]}, "(id 'p9'): 'skills' has a null skill"),
+        ({"id": "p9", "text": "t", "skills": [""]}, "(id 'p9'): 'skills' has a blank skill"),
+        ({"id": "p9", "text": "t", "skills": [["x"]]}, "(id 'p9'): 'skills' must be a list of"),
+        ({"id": None, "text": "t", "skills": ["algebra"]}, ": no 'id' (null)"),
+    ],
+)
+def test_bad_pool_skill_lists_are_named_by_file_line_id(stat_job, capsys, record, needle):
+    root, job = stat_job
+    # A first example without skills (null: none), a blank line, then the bad one.
+    write_jsonl(root / "pool.jsonl", [{"id": "p0", "text": "t"}, "", record])
+    (root / "job.yaml").write_text(yaml.safe_dump(job()))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert f"{root / 'pool.jsonl'}:3" in line and needle in line
+
+
+def test_pools_without_any_skill_and_blank_aliases(stat_job, capsys):
+    root, job = stat_job
+    # Every skill list empty: an all-null list column (a traceback before).
+    write_jsonl(root / "pool.jsonl", [{**r, "skills": []} for r in POOL])
+    (root / "job.yaml").write_text(yaml.safe_dump(job(mix_uniform=0.5)))
+    assert tamis_main(["select", str(root / "job.yaml")]) == 0
+    capsys.readouterr()
+    (root / "job.yaml").write_text(yaml.safe_dump(job(skill_aliases={"algebra": " "})))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert "selection.params.skill_aliases.algebra: must be a skill name" in line

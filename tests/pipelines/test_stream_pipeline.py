@@ -1,6 +1,7 @@
 """`tamis select` with stream_al: a file as a stream, decisions logged, resumable, on Beam."""
 
 import json
+import re
 
 import apache_beam as beam
 import numpy as np
@@ -118,8 +119,10 @@ def test_resume_continues_with_identical_decisions(items):
     resumed = decisions(root, "head") + decisions(root, "tail")
     assert [r["id"] for r in resumed] == [r["id"] for r in full]
     assert [r["queried"] for r in resumed] == [r["queried"] for r in full]
-    # A resume with other parameters is refused.
+    # A resume with other parameters is refused (into a fresh output dir: the tail's would
+    # be refused as another job's anyway).
     tail["selection"]["params"]["s"] = 0.05
+    tail["selection"]["output"] = str(root / "tail_other")
     with pytest.raises(ConfigError, match="selection.params.resume: sub-stream '[ab]' was run"):
         run_select(config_from_dict(tail))
 
@@ -181,3 +184,169 @@ def test_bad_stream_configs_fail_clearly(items):
         config_from_dict(job(root, items=str(root / "u.parquet"), utility_field="score"))
     )
     assert manifest["counts"]["items"] == 1
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expecting exit 2 and one `tamis: error:` line (no traceback): the line."""
+    assert tamis_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tamis: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture()
+def saved_states(items):
+    """A keyed biqf run's stream_state.json (biqf: windows and counters to corrupt)."""
+    root, _ = items
+    head = job(root, strategy="biqf", key_field="team")
+    head["selection"]["output"] = str(root / "head")
+    run_select(config_from_dict(head))
+    return json.loads((root / "head" / "stream_state.json").read_text())
+
+
+def changed(states: dict, key: str, value) -> dict:
+    out = json.loads(json.dumps(states))
+    *head, last = key.split(".")
+    target = out["a"]
+    for name in head:
+        target = target[name]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[last] = value
+    return out
+
+
+def broken_states(states: dict) -> list[tuple[str, str]]:
+    """(file text, what the error says) for every kind of broken state file tried."""
+    n = len(states["a"]["window_values"])
+    cases = [
+        # Silently ignored before, with `resumed: true` in the manifest.
+        ("[]", "expected a JSON object of sub-stream states"),
+        ("null", "expected a JSON object of sub-stream states"),
+        ('{"foo": "bar"}', "sub-stream 'foo': expected a state object"),
+        ('{"foo": {"x": 1}}', "sub-stream 'foo': missing key 'strategy'"),
+        # Tracebacks before (JSONDecodeError, UnicodeDecodeError, TypeError).
+        ("", "not a JSON stream state"),
+        ("not json", "not a JSON stream state"),
+        (json.dumps(states)[:80], "not a JSON stream state"),
+        ("3", "expected a JSON object of sub-stream states"),
+        ('{"a": []}', "sub-stream 'a': expected a state object"),
+    ]
+    cases += [
+        (json.dumps(changed(states, key, value)), f"sub-stream 'a': {message}")
+        for key, value, message in [
+            # KeyError / ValueError / TypeError tracebacks before.
+            ("seen", KeyError, "missing key 'seen'"),
+            ("params", KeyError, "missing key 'params'"),
+            ("rng", KeyError, "missing key 'rng'"),
+            ("seen", "x", "seen: must be a non-negative integer"),
+            ("theta", "x", "theta: must be a finite number"),
+            ("u_t", [1], "u_t: must be a finite number"),
+            ("params", "x", "params: expected an object"),
+            ("params.w", "x", "params.w: must be a positive integer"),
+            ("params.zzz", 1, "params: unknown key 'zzz'"),
+            ("params.budget", 5, "params: budget must be a fraction"),
+            ("strategy", "bogus", "strategy: must be one of"),
+            ("window_count", "x", "window_count: must be an integer"),
+            # Accepted before: wrong values resumed silently (or crashed the process: a
+            # window shorter than w, or a head beyond it, indexes past the compiled ring).
+            ("seen", -5, "seen: must be a non-negative integer"),
+            ("theta", None, "theta: must be a finite number"),
+            ("params.s", KeyError, "params: missing key 's'"),
+            ("window_values", [0.0], f"window_values: must be a list of {n} numbers"),
+            ("window_head", 10 * n, "window_head: must be an integer in"),
+            ("window_count", 10 * n, "window_count: must be an integer in"),
+            ("window_sorted", list(range(n))[::-1], "window_sorted: its first"),
+            ("queried_count", 10**6, "queried_count: 1000000 is more than seen"),
+        ]
+    ]
+    cases.append((json.dumps(changed(states, "theta", float("nan"))), "theta: must be a finite"))
+    return cases
+
+
+def test_broken_resume_states_are_refused_naming_file_and_key(items, saved_states, capsys):
+    root, _ = items
+    state = root / "state.json"
+    resume = job(root, strategy="biqf", key_field="team", resume=str(state))
+    (root / "job.yaml").write_text(yaml.safe_dump(resume))
+    for text, message in broken_states(saved_states):
+        state.write_text(text)
+        line = cli_error(capsys, ["select", str(root / "job.yaml")])
+        assert line.startswith(f"tamis: error: {state}: ") and message in line, (text, line)
+        assert not (root / "out" / "manifest.json").exists()
+    state.unlink()  # a missing file was a FileNotFoundError traceback
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert f"{state}: cannot read the stream state" in line
+    # A valid state still resumes, and the manifest says how many sub-streams did.
+    state.write_text(json.dumps(saved_states))
+    assert tamis_main(["select", str(root / "job.yaml")]) == 0
+    info = json.loads((root / "out" / "manifest.json").read_text())["info"]
+    assert info["resumed"] is True and info["resumed_streams"] == 2
+
+
+def test_resume_states_of_another_keying_or_dimension_are_refused(items, capsys):
+    root, _ = items
+    unkeyed = job(root, strategy="dbal")
+    unkeyed["selection"]["output"] = str(root / "unkeyed")
+    run_select(config_from_dict(unkeyed))
+    keyed = job(root, strategy="dbal", key_field="team")
+    keyed["selection"]["output"] = str(root / "keyed")
+    run_select(config_from_dict(keyed))
+    # An unkeyed run's state for a keyed run (and the reverse) used to be ignored silently.
+    for state, params in [("unkeyed", {"key_field": "team"}), ("keyed", {})]:
+        path = root / state / "stream_state.json"
+        resume = job(root, strategy="dbal", resume=str(path), **params)
+        resume["selection"]["output"] = str(root / f"resumed_{state}")
+        (root / "job.yaml").write_text(yaml.safe_dump(resume))
+        line = cli_error(capsys, ["select", str(root / "job.yaml")])
+        assert f"selection.params.resume: {path} holds the state of a run with" in line
+    # dbal's window of 4-dimensional vectors against 3-dimensional items: a ValueError deep
+    # in the decider before.
+    path = root / "keyed" / "stream_state.json"
+    states = json.loads(path.read_text())
+    for state in states.values():
+        state["embeddings"] = [vector[:3] for vector in state["embeddings"]]
+    (root / "state3.json").write_text(json.dumps(states))
+    resume = job(root, strategy="dbal", key_field="team", resume=str(root / "state3.json"))
+    (root / "job.yaml").write_text(yaml.safe_dump(resume))
+    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert re.search(r"state3.json: sub-stream '[ab]': embeddings: the window holds 3-dim", line)
+
+
+ITEM = {"id": "q0", "probs": [0.2, 0.8], "order": 1.0, "u": 0.5, "team": "a", "embedding": [0.1]}
+
+
+@pytest.mark.parametrize(
+    "second, params, message",
+    [
+        # Tracebacks before (float() of a string, a list in a numeric column).
+        ({"order": "soon"}, {}, "row 1 (id 'q1'): 'order' must be a number, got 'soon'"),
+        ({"u": "high"}, {"utility_field": "u"}, "row 1 (id 'q1'): 'u' must be a number"),
+        ({"probs": ["a", "b"]}, {}, "row 1 (id 'q1'): 'probs' must be a list of numbers"),
+        # Accepted silently before: a NaN order arrived last, a null id was the id 'None',
+        # a null key the sub-stream 'None', a NaN vector never a neighbour, True a utility.
+        ('{"id": "q1", "probs": [0.5, 0.5], "order": NaN}', {}, "row 1 (id 'q1'): 'order' must"),
+        ({"id": None}, {}, "row 1: 'id' must be an id, got None"),
+        ({"team": None}, {"key_field": "team"}, "row 1 (id 'q1'): 'team' must be a sub-stream"),
+        ({"team": ["a"]}, {"key_field": "team"}, "row 0 (id 'q0'): 'team' must be a sub-stream"),
+        ({"u": True}, {"utility_field": "u"}, "row 1 (id 'q1'): 'u' must be a number, got True"),
+        ({"embedding": [None]}, {"strategy": "dbal"}, "row 1 (id 'q1'): 'embedding' holds a null"),
+    ],
+)
+def test_bad_stream_items_are_named_by_row_id_and_key(tmp_path, capsys, second, params, message):
+    path = tmp_path / "items.jsonl"
+    if isinstance(second, str):
+        write_jsonl(path, [ITEM, second])
+    elif isinstance(second.get("team"), list):  # a column of lists: every row one
+        write_jsonl(path, [{**ITEM, **second}, {**ITEM, "id": "q1", **second}])
+    else:  # the first item lacks a key whose type changes (Arrow refuses such a column)
+        changing = {k for k, v in second.items() if v is not None and v != [None]}
+        first = {k: v for k, v in ITEM.items() if k not in changing}
+        write_jsonl(path, [first, {**ITEM, "id": "q1", **second}])
+    config = job(tmp_path, items=str(path), **params)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    line = cli_error(capsys, ["select", str(tmp_path / "job.yaml")])
+    assert line.startswith(f"tamis: error: {path}: ") and message in line, line

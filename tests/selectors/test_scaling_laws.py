@@ -1,12 +1,16 @@
 """Data-filtering scaling laws: the formulas by hand, fits that recover parameters, plans."""
 
+import re
+
 import numpy as np
 import pytest
 
 from tamis.selectors.scaling_laws import (
     Z,
+    fit_from_json,
     fit_scaling_laws,
     mixture_error,
+    parse_count,
     plan,
     single_pool_error,
     single_pool_errors,
@@ -97,3 +101,41 @@ def test_meaningless_fits_are_refused():
         fit_scaling_laws(rising, {"x": S}, a=A, d=D)
     with pytest.raises(ValueError, match="samples seen must be positive"):
         single_pool_errors(np.array([S, -1.0]), A, -0.2, 1.0, D, S)
+
+
+def test_fits_out_of_the_laws_range_are_refused_naming_the_key():
+    good = {"a": A, "d": D, "buckets": {"x": {"b": -0.2, "tau": 2.0, "pool_size": S}}}
+    fit = fit_from_json(good)  # loss, z and method may be absent
+    assert fit.z == Z and np.isnan(fit.loss) and fit.method == "unknown"
+    bad = [
+        ({"a": -1.0}, "'a' must be a positive number"),
+        ({"a": float("nan")}, "'a' must be a positive number"),
+        ({"a": True}, "'a' must be a positive number"),
+        ({"d": -0.1}, "'d' must be a number >= 0"),
+        ({"d": float("inf")}, "'d' must be a number >= 0"),
+        ({"z": 0}, "'z' must be a positive number"),
+        ({"loss": "low"}, "'loss' must be a number"),
+        ({"buckets": {"x": {"b": -0.2, "tau": -1.0, "pool_size": S}}}, "buckets.x.tau must be"),
+        ({"buckets": {"x": {"b": -0.2, "tau": float("nan"), "pool_size": S}}}, "buckets.x.tau"),
+        ({"buckets": {"x": {"b": 0.0, "tau": 1.0, "pool_size": S}}}, "buckets.x.b must be a neg"),
+        ({"buckets": {"x": {"b": -0.2, "tau": 1.0, "pool_size": 0}}}, "buckets.x.pool_size must"),
+        ({"buckets": {"x": {"b": -0.2, "tau": 1.0}}}, "buckets.x.pool_size must"),
+        ({"buckets": {"x": 3}}, "buckets.x must be an object"),
+        ({"buckets": {}}, "'buckets' must map bucket names"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fit_from_json({**good, **change})
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        fit_from_json([good])
+
+
+def test_budgets_must_be_finite_and_plans_never_hold_non_finite_errors():
+    with pytest.raises(ValueError, match="k: must be positive and finite"):
+        parse_count(float("inf"), "k")
+    with pytest.raises(ValueError, match="k: must be positive and finite"):
+        parse_count(float("nan"), "k")
+    # a tiny enough a overflows (a S / Z)^b: refused, not planned as inf or NaN.
+    buckets = {"x": {"b": -3.0, "tau": 1.0, "pool_size": S}}
+    with pytest.raises(ValueError, match="the fit's parameters are out of range"):
+        plan(buckets, 1e-300, D, [S])

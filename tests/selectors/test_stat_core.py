@@ -26,11 +26,17 @@ from tamis.selectors.stat_core import (
         ([0.6, 1.0, 1.0, 1.0, 1.0], True),  # the first step counts as earlier
         ([0.86], False),
         ([0.85], True),
-        ([], False),  # no rewards: nothing to call difficult
     ],
 )
 def test_difficult_rule_at_and_around_the_thresholds(rewards, difficult):
     assert is_difficult(rewards) is difficult
+
+
+@pytest.mark.parametrize("rewards", [[], [float("nan")], [0.9, float("nan")], [0.2, float("inf")]])
+def test_no_rewards_or_non_finite_ones_are_refused_not_called_easy(rewards):
+    # An empty or NaN reward list used to count as "not difficult", hiding a broken file.
+    with pytest.raises(ValueError, match="rewards must be"):
+        is_difficult(rewards)
 
 
 def test_mean_rule_and_configurable_thresholds():

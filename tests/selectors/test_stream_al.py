@@ -11,8 +11,11 @@ from skactiveml.stream.budgetmanager import (
 )
 
 from tamis.selectors.stream_budget import (
+    PARAM_KEYS,
+    STATE_KEYS,
     STRATEGIES,
     StreamDecider,
+    check_state,
     margin_utility,
     max_probability_utility,
 )
@@ -178,3 +181,41 @@ def test_bad_parameters_fail_clearly():
         StreamDecider("dbal", 0.1).decide(utility=np.array([0.5]))
     with pytest.raises(ValueError, match="w must be a positive integer"):
         StreamDecider("variable_uncertainty", 0.1, w=0)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_states_are_checked_key_by_key_before_resuming(strategy):
+    u = random_utilities(3, 300)
+    vectors = np.random.default_rng(2).normal(size=(len(u), 5))
+    decider = StreamDecider(strategy, 0.1, n_classes=3, window=20, seed=[1, 2])
+    decider.decide(utility=u, embeddings=vectors)
+    state = json.loads(json.dumps(decider.state()))
+    check_state(state)  # what state() writes passes
+    for key in STATE_KEYS:
+        with pytest.raises(ValueError, match=f"missing key '{key}'"):
+            StreamDecider.from_state({k: v for k, v in state.items() if k != key})
+    for key in PARAM_KEYS:
+        params = {k: v for k, v in state["params"].items() if k != key}
+        with pytest.raises(ValueError, match=f"params: missing key '{key}'"):
+            check_state({**state, "params": params})
+    w = state["params"]["w"]
+    size = 20 if strategy == "dbal" else w
+    for change, message in [
+        ({"seen": 1.5}, "seen: must be a non-negative integer"),
+        ({"queried_count": True}, "queried_count: must be a non-negative integer"),
+        ({"u_t": float("inf")}, "u_t: must be a finite number"),
+        ({"u_t": -1.0}, "u_t: must be >= 0"),
+        ({"window_values": [0.0] * (w + 1)}, f"window_values: must be a list of {w} numbers"),
+        ({"window_sorted": ["0"] * w}, r"window_sorted\[0\]: must be a number"),
+        ({"window_head": size}, "window_head: must be an integer in"),
+        ({"min_distance": [0.0] * 19}, "min_distance: must be a list of 20 numbers"),
+        ({"params": {**state["params"], "seed": "7"}}, "params.seed: must be"),
+        ({"params": {**state["params"], "n_classes": 0}}, "params.n_classes: must be"),
+        ({"params": {**state["params"], "s": 2.0}}, r"params: s must be in \(0, 1\]"),
+        ({"rng": {"bit_generator": "MT19937"}}, "rng: not a PCG64 generator state"),
+        ({"strategy": None}, "strategy: must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            StreamDecider.from_state({**state, **change})
+    with pytest.raises(ValueError, match="expected a state object, got list"):
+        check_state([state])

@@ -16,7 +16,7 @@ import polars as pl
 
 from tamis.config import Config, ConfigError, require
 from tamis.inputs.buckets import read_fit_json
-from tamis.records import InputError
+from tamis.records import InputError, read_table_files
 from tamis.selectors import scaling_laws
 from tamis.selectors.scaling_laws import (
     ScalingFit,
@@ -40,18 +40,48 @@ def parse_count(value: int | float | str, key: str) -> float:
         raise ConfigError(str(err)) from None
 
 
-def read_observations(path: str, default_pool_size: float | None) -> tuple[dict, dict]:
-    """(bucket -> (samples_seen, error)), (bucket -> pool size), checked row by row."""
+TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
+
+
+def read_observation_frame(path: str) -> pl.DataFrame:
+    """The observations file as a frame (CSV here; Parquet and JSONL through the records
+    readers, which name the file for an empty, cut or corrupt one)."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such observations file")
     if path.endswith(".csv"):
-        frame = pl.read_csv(path, infer_schema_length=None)
-    elif path.endswith(".parquet"):
-        frame = pl.read_parquet(path)
-    elif path.endswith((".jsonl", ".ndjson")):
-        frame = pl.read_ndjson(path)
-    else:
-        raise InputError(f"{path}: observations must be .csv, .parquet or .jsonl")
+        try:
+            return pl.read_csv(path, infer_schema_length=None)
+        except pl.exceptions.NoDataError:
+            raise InputError(f"{path}: empty file, no observations") from None
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not a readable CSV table ({err})") from None
+    if path.endswith((".parquet", ".pq", *TABLE_SUFFIXES)):
+        return pl.from_arrow(read_table_files(path))
+    raise InputError(f"{path}: observations must be .csv, .parquet or .jsonl")
+
+
+def _number_column(frame: pl.DataFrame, name: str, path: str) -> pl.Series:
+    """Column `name` as float64, or an InputError naming the first row that holds no finite
+    number (text that is no number, null, NaN, infinity, true/false, a list)."""
+    values = frame.get_column(name)
+    if values.dtype.is_numeric() or values.dtype in (pl.String, pl.Null):
+        cast = values.cast(pl.Float64, strict=False)
+        bad = (cast.is_null() | ~cast.is_finite()).arg_true()
+    else:  # booleans, lists, structs: no number at all
+        cast, bad = values, pl.Series(range(len(values)))
+    if len(bad):
+        row = int(bad[0])
+        value = values[row]
+        if isinstance(value, pl.Series):
+            value = value.to_list()
+        raise InputError(f"{path}: row {row + 1}: {name!r} is not a finite number ({value!r})")
+    return cast
+
+
+def read_observations(path: str, default_pool_size: float | None) -> tuple[dict, dict]:
+    """(bucket -> (samples_seen, error)), (bucket -> pool size), checked row by row: rows
+    are 1-based data rows; every problem names the file, the row and the column."""
+    frame = read_observation_frame(path)
     columns = frame.columns
     for name in ("bucket", "samples_seen"):
         if name not in columns:
@@ -59,20 +89,35 @@ def read_observations(path: str, default_pool_size: float | None) -> tuple[dict,
     target = "error" if "error" in columns else "accuracy" if "accuracy" in columns else None
     if target is None:
         raise InputError(f"{path}: needs an 'error' or an 'accuracy' column")
+    if frame.height == 0:
+        raise InputError(f"{path}: no observations (only a header)")
+    bucket = frame.get_column("bucket")
+    if not (bucket.dtype.is_numeric() or bucket.dtype == pl.String):
+        raise InputError(f"{path}: row 1: 'bucket' must be a name, got {bucket[0]!r}")
+    names = bucket.cast(pl.String)
+    blank = (names.is_null() | (names.str.strip_chars() == "")).arg_true()
+    if len(blank):
+        raise InputError(f"{path}: row {int(blank[0]) + 1}: 'bucket' is empty")
+    frame = frame.with_columns(names.alias("bucket"))
     numeric = ["samples_seen", target] + (["pool_size"] if "pool_size" in columns else [])
     for name in numeric:
-        values = frame.get_column(name)
-        cast = values.cast(pl.Float64, strict=False)
-        bad = (cast.is_null() | cast.is_nan()).arg_true()
-        if len(bad):
-            row = int(bad[0])
-            raise InputError(f"{path}: row {row + 1}: {name!r} is not a number ({values[row]!r})")
-        frame = frame.with_columns(cast.alias(name))
-    bad = (frame.get_column("samples_seen") <= 0).arg_true()
-    if len(bad):
-        row = int(bad[0])
-        raise InputError(f"{path}: row {row + 1}: samples_seen must be positive")
-    if "pool_size" not in columns and default_pool_size is None:
+        frame = frame.with_columns(_number_column(frame, name, path).alias(name))
+
+    def refuse(mask: pl.Series, message: str) -> None:
+        rows = mask.arg_true()
+        if len(rows):
+            row = int(rows[0])
+            value = frame.get_column(target)[row]
+            raise InputError(
+                f"{path}: row {row + 1}: {message.format(value=value)} (bucket {names[row]!r})"
+            )
+
+    refuse(frame.get_column("samples_seen") <= 0, "'samples_seen' must be positive")
+    values = frame.get_column(target)
+    refuse((values < 0) | (values > 1), f"{target!r} must be in [0, 1], got {{value:g}}")
+    if "pool_size" in columns:
+        refuse(frame.get_column("pool_size") <= 0, "'pool_size' must be positive")
+    elif default_pool_size is None:
         raise ConfigError("scaling.pool_size: required when the observations have no pool_size")
     observations, sizes = {}, {}
     for bucket, group in frame.group_by("bucket", maintain_order=True):
@@ -129,11 +174,12 @@ def run_plan(config: Config) -> dict:
     if not scaling.compute:
         raise ConfigError("scaling.compute: give the compute budgets (samples seen), e.g. [32M]")
     budgets = [parse_count(c, f"scaling.compute[{i}]") for i, c in enumerate(scaling.compute)]
-    fit = load_fit(os.path.join(output, FIT))
+    fit_path = os.path.join(output, FIT)
+    fit = load_fit(fit_path)
     try:
         rows = plan(fit.buckets, fit.a, fit.d, budgets, fit.z)
-    except ValueError as err:
-        raise ConfigError(f"scaling: {err}") from None
+    except ValueError as err:  # budgets are checked: the fit's buckets do not fit the law
+        raise InputError(f"{fit_path}: {err}") from None
     table = [
         {
             "samples_seen": r.samples_seen,

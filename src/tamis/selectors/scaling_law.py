@@ -56,6 +56,8 @@ class ScalingLawSelector(Selector):
             raise ConfigError(str(err)) from None
 
     def best_buckets(self, fit: ScalingFit, samples_seen: float) -> tuple[list[str], float]:
+        """The best top-m mixture at this budget (a ValueError when the fit's buckets do not
+        fit the law, e.g. unequal sizes)."""
         rows = [r for r in plan(fit.buckets, fit.a, fit.d, [samples_seen], fit.z) if r.best]
         return rows[0].buckets, rows[0].predicted_error
 
@@ -85,18 +87,19 @@ class ScalingLawSelector(Selector):
 
     def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
         b = inputs.buckets
+        samples_seen = self.samples_seen()
         try:
             fit = fit_from_json(b.fit)
+            keep, predicted = self.best_buckets(fit, samples_seen)
         except ValueError as err:
             raise InputError(f"{b.fit_path}: {err}") from None
-        samples_seen = self.samples_seen()
-        keep, predicted = self.best_buckets(fit, samples_seen)
         if b.bucket is not None:
             buckets = b.bucket
             unknown = sorted(set(buckets) - set(fit.buckets))
             if unknown:
                 raise InputError(
-                    f"{inputs.origin['pool']}: buckets {unknown[:5]} are not in the fit "
+                    f"{inputs.origin['pool']}: {self.params.bucket_field!r} values "
+                    f"{unknown[:5]} are not buckets of the fit {b.fit_path} "
                     f"({sorted(fit.buckets)})"
                 )
         else:

@@ -17,6 +17,7 @@ way its paper does not define, so it could not be made to match a specification.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ def mixture_errors(
 ) -> np.ndarray:  # fmt: skip
     """Predicted error of training on the union of p equal-size buckets, at each budget."""
     bs = np.asarray(b, dtype=np.float64)
-    taus = np.asarray(tau, dtype=np.float64) * len(bs)  # a pass is p times longer
+    with np.errstate(over="ignore"):  # a huge tau is an infinite one: no decay
+        taus = np.asarray(tau, dtype=np.float64) * len(bs)  # a pass is p times longer
 
     def b_of_pass(e: np.ndarray) -> np.ndarray:
         return (bs[:, None] * 0.5 ** (e[None, :] / taus[:, None])).mean(axis=0)
@@ -104,21 +106,28 @@ def plan(
         raise ValueError(f"the mixture law needs equal-size buckets, got sizes {sorted(sizes)}")
     pool_size = sizes.pop()
     budgets = np.asarray(budgets, dtype=np.float64)
-    errors = np.stack(
-        [
-            mixture_errors(
-                budgets,
-                a,
-                [buckets[name]["b"] for name in order[:m]],
-                [buckets[name]["tau"] for name in order[:m]],
-                d,
-                pool_size,
-                z,
-            )
-            for m in range(1, len(order) + 1)
-        ],
-        axis=1,
-    )  # (budgets, m)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
+        errors = np.stack(
+            [
+                mixture_errors(
+                    budgets,
+                    a,
+                    [buckets[name]["b"] for name in order[:m]],
+                    [buckets[name]["tau"] for name in order[:m]],
+                    d,
+                    pool_size,
+                    z,
+                )
+                for m in range(1, len(order) + 1)
+            ],
+            axis=1,
+        )  # (budgets, m)
+    if not np.isfinite(errors).all():
+        i, m = np.argwhere(~np.isfinite(errors))[0]
+        raise ValueError(
+            f"the law gives error {errors[i, m]} for the top {m + 1} buckets at "
+            f"{budgets[i]:.3g} samples seen; the fit's parameters are out of range"
+        )
     best = errors.argmin(axis=1)  # the first minimum: the smaller m on ties
     rows = []
     for i, n_seen in enumerate(budgets):
@@ -151,23 +160,45 @@ class ScalingFit:
         }
 
 
+def _number(value, key: str, check, wanted: str) -> float:
+    """`value` as a float, or a ValueError naming `key` (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be {wanted}, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and check(number)):
+        raise ValueError(f"{key} must be {wanted}, got {value!r}")
+    return number
+
+
 def fit_from_json(data: dict) -> ScalingFit:
-    """A fit from fit.json's mapping; a missing or non-numeric key is a ValueError naming it
-    (`loss`, `z` and `method` may be absent from a hand-written fit)."""
-    for key in ("a", "d"):
-        if not isinstance(data.get(key), int | float) or isinstance(data.get(key), bool):
-            raise ValueError(f"{key!r} must be a number, got {data.get(key)!r}")
+    """A fit from fit.json's mapping; a missing, non-numeric or out-of-range key is a
+    ValueError naming it: a > 0, d >= 0, z > 0 and per bucket b < 0, tau > 0 and
+    pool_size > 0, all finite (a negative or NaN tau, say, would plan nonsense errors).
+    `loss`, `z` and `method` may be absent from a hand-written fit."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    a = _number(data.get("a"), "'a'", lambda x: x > 0, "a positive number")
+    d = _number(data.get("d"), "'d'", lambda x: x >= 0, "a number >= 0")
+    z = _number(data.get("z", Z), "'z'", lambda x: x > 0, "a positive number")
+    loss = data.get("loss")
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, int | float)):
+        raise ValueError(f"'loss' must be a number, got {loss!r}")
     buckets = data.get("buckets")
     if not isinstance(buckets, dict) or not buckets:
         raise ValueError("'buckets' must map bucket names to {b, tau, pool_size}")
+    wanted = {
+        "b": (lambda x: x < 0, "a negative number (more negative: better data)"),
+        "tau": (lambda x: x > 0, "a positive number (passes)"),
+        "pool_size": (lambda x: x > 0, "a positive number (samples)"),
+    }
     for name, bucket in buckets.items():
-        for key in ("b", "tau", "pool_size"):
-            value = bucket.get(key) if isinstance(bucket, dict) else None
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"buckets.{name}.{key} must be a number, got {value!r}")
+        if not isinstance(bucket, dict):
+            raise ValueError(f"buckets.{name} must be an object {{b, tau, pool_size}}")
+        for key, (check, what) in wanted.items():
+            _number(bucket.get(key), f"buckets.{name}.{key}", check, what)
     return ScalingFit(
-        float(data["a"]), float(data["d"]), buckets, float(data.get("loss", float("nan"))),
-        float(data.get("z", Z)), str(data.get("method", "unknown")),
+        a, d, buckets, float("nan") if loss is None else float(loss), z,
+        str(data.get("method", "unknown")),
     )  # fmt: skip
 
 
@@ -184,8 +215,8 @@ def parse_count(value: int | float | str, key: str) -> float:
         if not match:
             raise ValueError(f"{key}: expected a count like 32M or 1.28B, got {value!r}")
         count = float(match[1]) * _UNIT[match[2].lower()]
-    if not count > 0:
-        raise ValueError(f"{key}: must be positive, got {value!r}")
+    if not (count > 0 and math.isfinite(count)):
+        raise ValueError(f"{key}: must be positive and finite, got {value!r}")
     return count
 
 

@@ -80,6 +80,11 @@ class StatSelector(Selector):
             raise ConfigError(
                 f"selection.params.mix_uniform: must be in [0, 1], got {p.mix_uniform}"
             )
+        for variant, name in p.skill_aliases.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(
+                    f"selection.params.skill_aliases.{variant}: must be a skill name, got {name!r}"
+                )
 
     def resolve_budget(self, budget, inputs: SelectionInputs) -> int:
         if self.params.mode == "sample":
@@ -139,15 +144,19 @@ class StatSelector(Selector):
         counts = missing_skill_counts(missing_codes, len(skills.sizes))
         try:
             weights = stat_weights(counts, skills, p.k, n, p.mix_uniform)
+            draws = (
+                stat_sample(missing_codes, skills, p.k, budget, seed)
+                if p.mode == "sample"
+                else None
+            )
         except ValueError as err:
-            raise ConfigError(f"selection.params.evaluation: {err}") from None
+            raise ConfigError(f"selection.params.evaluation: {err} ({p.evaluation})") from None
         columns: dict = {}
         if p.mode == "weights":
             carrying = np.flatnonzero(weights > 0)
             order = carrying[np.lexsort((carrying, -weights[carrying]))][:budget]
             index, weight, score = order, weights[order], weights[order]
         else:
-            draws = stat_sample(missing_codes, skills, p.k, budget, seed)
             drawn, times = np.unique(draws, return_counts=True)
             order = np.lexsort((drawn, -times))
             index = drawn[order]

@@ -19,10 +19,14 @@ TAU2 = 0.7
 
 def is_difficult(rewards: Sequence[float], tau1: float = TAU1, tau2: float = TAU2) -> bool:
     """A question is difficult when its last step reward r_t <= tau1, or the mean reward
-    <= tau1, or any earlier step's reward <= tau2. No rewards: not difficult."""
+    <= tau1, or any earlier step's reward <= tau2. No rewards, or a NaN or infinite one, is
+    a ValueError: such a question is neither difficult nor easy (evaluation files are
+    checked for it where they are read)."""
     r = np.asarray(rewards, dtype=np.float64)
-    if len(r) == 0:
-        return False
+    if r.ndim != 1 or len(r) == 0:
+        raise ValueError(f"rewards must be a non-empty list of numbers, got {rewards!r}")
+    if not np.isfinite(r).all():
+        raise ValueError(f"rewards must be finite, got {r.tolist()!r}")
     return bool(r[-1] <= tau1 or r.mean() <= tau1 or (r[:-1] <= tau2).any())
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 from tamis.config import ConfigError
 from tamis.inputs.probabilities import Kind
 from tamis.inputs.stream_items import StreamItems, take_items
+from tamis.records import InputError
 from tamis.selectors.base import (
     STREAM_ITEMS,
     BeamJob,
@@ -131,11 +132,42 @@ class StreamALSelector(Selector):
     def resolve_budget(self, budget, inputs: SelectionInputs) -> float:
         return budget_fraction(budget)  # B: a share of the stream, which has no set size
 
+    def resume_states(self, inputs: SelectionInputs, items: StreamItems) -> dict | None:
+        """The sub-streams' saved states (`params.resume`), each checked: a state that no
+        run could have written is an InputError naming the file, the sub-stream and the key;
+        a file of keyed sub-streams for an unkeyed run (or the reverse) is refused."""
+        states, path = inputs.stream.resume, self.params.resume
+        if states is None:
+            return None
+        keyed = items.keys is not None
+        dim = None if items.embeddings is None else items.embeddings.shape[1]
+        for key, state in states.items():
+            try:
+                decider = StreamDecider.from_state(state)
+            except ValueError as err:
+                raise InputError(f"{path}: sub-stream {key!r}: {err}") from None
+            if isinstance(decider.params["seed"], list) != keyed:  # keyed runs seed per key
+                then, now = ("no", "sets") if keyed else ("a", "has no")
+                raise ConfigError(
+                    f"selection.params.resume: {path} holds the state of a run with {then} "
+                    f"key_field (sub-stream {key!r}); this run {now} key_field: resume it "
+                    "as it was run"
+                )
+            window = decider.embeddings
+            if window is not None and dim is not None and window.shape[1] != dim:
+                raise InputError(
+                    f"{path}: sub-stream {key!r}: embeddings: the window holds "
+                    f"{window.shape[1]}-dimensional vectors, the items {dim}"
+                )
+        return states
+
     def select(self, inputs: SelectionInputs, budget: float, seed: int) -> Selection:
         items = self._items(inputs)
         started = time.perf_counter()
-        decisions, states = self.run(items, budget, seed, inputs.stream.resume)
-        return self._selection(items, decisions, states, budget, time.perf_counter() - started)
+        resume = self.resume_states(inputs, items)
+        decisions, states = self.run(items, budget, seed, resume)
+        selection = self._selection(items, decisions, states, budget, time.perf_counter() - started)
+        return _count_resumed(selection, items, resume)
 
     def select_distributed(
         self, inputs: SelectionInputs, budget: float, seed: int, job: BeamJob
@@ -145,8 +177,10 @@ class StreamALSelector(Selector):
 
         items = self._items(inputs)
         started = time.perf_counter()
-        decisions, states = decide_on_beam(items, self, budget, seed, inputs.stream.resume, job)
-        return self._selection(items, decisions, states, budget, time.perf_counter() - started)
+        resume = self.resume_states(inputs, items)
+        decisions, states = decide_on_beam(items, self, budget, seed, resume, job)
+        selection = self._selection(items, decisions, states, budget, time.perf_counter() - started)
+        return _count_resumed(selection, items, resume)
 
     def _items(self, inputs: SelectionInputs) -> StreamItems:
         items = inputs.stream.items
@@ -200,6 +234,14 @@ class StreamALSelector(Selector):
         lines.append(f"  decisions: {output}/{DECISIONS}")
         lines.append(f"  state (resume from it): {output}/{STATE}")
         return lines
+
+
+def _count_resumed(selection: Selection, items: StreamItems, resume: dict | None) -> Selection:
+    """How many of this run's sub-streams continued from a saved state (`resumed` says only
+    that a state file was given)."""
+    keys = set(items.keys) if items.keys is not None else {""}
+    selection.info["resumed_streams"] = len(keys & set(resume or {}))
+    return selection
 
 
 def decisions_table(items: StreamItems, decisions: StreamDecisions) -> pa.Table:

@@ -243,9 +243,15 @@ class StreamDecider:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> StreamDecider:
+        """The decider `state()` described; a state it could not have written (a missing
+        key, a wrong type, a window of another size) is a ValueError naming the key."""
+        check_state(state)
         params = dict(state["params"])
         budget = params.pop("budget")
-        decider = cls(state["strategy"], budget, **params)
+        try:
+            decider = cls(state["strategy"], budget, **params)
+        except ValueError as err:
+            raise ValueError(f"params: {err}") from None
         decider.scalars[:] = [state["seen"], state["queried_count"], state["u_t"], state["theta"]]
         decider.rng_state = state["rng"]
         decider.window_values = np.asarray(state["window_values"], dtype=np.float64)
@@ -258,6 +264,128 @@ class StreamDecider:
             [np.inf if d is None else d for d in state["min_distance"]], dtype=np.float64
         )
         return decider
+
+
+STATE_KEYS = (
+    "strategy", "params", "seen", "queried_count", "u_t", "theta", "rng", "window_values",
+    "window_sorted", "window_count", "window_head", "embeddings", "min_distance",
+)  # fmt: skip
+PARAM_KEYS = ("budget", "theta", "s", "w", "delta", "v", "w_tol", "window", "n_classes", "seed")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(state: dict, key: str, length: int, allow_none: bool = False) -> list:
+    values = state[key]
+    if not isinstance(values, list) or len(values) != length:
+        got = f"{len(values)} values" if isinstance(values, list) else repr(values)[:60]
+        raise ValueError(f"{key}: must be a list of {length} numbers, got {got}")
+    for i, v in enumerate(values):
+        if not (_is_number(v) or (allow_none and v is None)):
+            raise ValueError(f"{key}[{i}]: must be a number, got {v!r}")
+    return values
+
+
+def check_state(state: Any) -> None:
+    """Raise a ValueError naming the key unless `state` is one `StreamDecider.state()` can
+    have written: every key present with its type, the windows as long as the parameters
+    say, counters within them, and a PCG64 generator state for the randomized strategies.
+    (Parameter ranges are checked when the decider is built.)"""
+    if not isinstance(state, dict):
+        raise ValueError(f"expected a state object, got {type(state).__name__}")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"missing key {missing[0]!r} (a state has {', '.join(STATE_KEYS)})")
+    strategy = state["strategy"]
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    params = state["params"]
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected an object, got {params!r}")
+    for key in PARAM_KEYS:
+        if key not in params:
+            raise ValueError(f"params: missing key {key!r}")
+    unknown = sorted(set(params) - set(PARAM_KEYS))
+    if unknown:
+        raise ValueError(f"params: unknown key {unknown[0]!r}")
+    for key in ("budget", "theta", "s", "delta", "v", "w_tol"):
+        if not (_is_number(params[key]) and math.isfinite(params[key])):
+            raise ValueError(f"params.{key}: must be a number, got {params[key]!r}")
+    for key in ("w", "window"):
+        if not (_is_int(params[key]) and params[key] >= 1):
+            raise ValueError(f"params.{key}: must be a positive integer, got {params[key]!r}")
+    n_classes = params["n_classes"]
+    if n_classes is not None and not (_is_int(n_classes) and n_classes >= 1):
+        raise ValueError(f"params.n_classes: must be null or a positive integer, got {n_classes!r}")
+    seed = params["seed"]
+    seeds = seed if isinstance(seed, list) else [seed]
+    if not seeds or not all(_is_int(k) and k >= 0 for k in seeds):
+        raise ValueError(
+            f"params.seed: must be a non-negative integer or a list of them, got {seed!r}"
+        )
+    for key in ("seen", "queried_count"):
+        if not (_is_int(state[key]) and state[key] >= 0):
+            raise ValueError(f"{key}: must be a non-negative integer, got {state[key]!r}")
+    if state["queried_count"] > state["seen"]:
+        raise ValueError(
+            f"queried_count: {state['queried_count']} is more than seen ({state['seen']})"
+        )
+    for key in ("u_t", "theta"):
+        if not (_is_number(state[key]) and math.isfinite(state[key])):
+            raise ValueError(f"{key}: must be a finite number, got {state[key]!r}")
+    if state["u_t"] < 0:  # a decayed count of queries
+        raise ValueError(f"u_t: must be >= 0, got {state['u_t']!r}")
+    rng = state["rng"]
+    if rng is None:
+        if strategy in _RANDOMIZED:
+            raise ValueError(f"rng: {strategy} needs its random generator's state, got null")
+    else:
+        try:
+            np.random.PCG64().state = rng
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise ValueError(f"rng: not a PCG64 generator state ({repr(rng)[:60]})") from None
+    w, window = params["w"], params["window"]
+    _numbers(state, "window_values", w)
+    sorted_values = _numbers(state, "window_sorted", w)
+    size = window if strategy == "dbal" else w  # the ring the counters index
+    count, head = state["window_count"], state["window_head"]
+    if not (_is_int(count) and 0 <= count <= size):
+        raise ValueError(f"window_count: must be an integer in [0, {size}], got {count!r}")
+    if not (_is_int(head) and 0 <= head < size):
+        raise ValueError(f"window_head: must be an integer in [0, {size - 1}], got {head!r}")
+    if strategy == "biqf" and any(
+        not sorted_values[i] <= sorted_values[i + 1] for i in range(count - 1)
+    ):
+        raise ValueError(f"window_sorted: its first {count} values are not in ascending order")
+    distances = _numbers(state, "min_distance", window, allow_none=True)
+    if any(d is not None and not d >= 0 for d in distances):
+        raise ValueError("min_distance: distances must be >= 0 (null: none yet)")
+    embeddings = state["embeddings"]
+    if embeddings is None:
+        if strategy == "dbal" and count:
+            raise ValueError(f"embeddings: dbal's window holds {count} items, got null")
+        return
+    if not isinstance(embeddings, list) or len(embeddings) != window:
+        raise ValueError(f"embeddings: must be null or a list of {window} vectors")
+    dim = len(embeddings[0]) if isinstance(embeddings[0], list) else 0
+    for i, vector in enumerate(embeddings):  # the shape here, the values at once below
+        if not isinstance(vector, list) or len(vector) != dim or dim == 0:
+            raise ValueError(f"embeddings[{i}]: must be a list of {dim or 'some'} numbers")
+    try:
+        array = np.asarray(embeddings)
+    except ValueError:  # nested deeper than vectors of numbers
+        array = np.asarray([])
+    if array.dtype.kind not in "fiu" or array.ndim != 2:
+        raise ValueError("embeddings: must be vectors of numbers")
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if len(bad):
+        raise ValueError(f"embeddings[{int(bad[0])}]: must hold finite numbers")
 
 
 def _jsonable(value):
