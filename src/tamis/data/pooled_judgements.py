@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tamis.records import write_parquet_atomic
+from tamis.config import ConfigError, make_output_dir
+from tamis.records import InputError, write_parquet_atomic
 
 QRELS = "qrels.parquet"
 PROVENANCE = "provenance.parquet"
@@ -45,7 +46,7 @@ def weak_rankings(
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ImportError as err:
-        raise RuntimeError(
+        raise ConfigError(
             "the judged BBC pool needs scikit-learn for TF-IDF (pip install 'tamis[examples]')"
         ) from err
     tfidf = TfidfVectorizer(max_features=tfidf_features, sublinear_tf=True, stop_words="english")
@@ -94,11 +95,12 @@ def write_judged_pool(output: str | Path, embeddings_dir: str, judged_depth: int
     from tamis.data.bbcnews import bbcnews_records
     from tamis.embeddings.store import read_embeddings
 
+    make_output_dir(str(output), "output")  # a file in the way: ConfigError, before any work
     ids, vectors = read_embeddings(embeddings_dir)
     by_id = {r["id"]: r for r in bbcnews_records()}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{embeddings_dir}: {len(missing)} ids are not BBC News articles (first: "
             f"{missing[0]!r}); embed the pool written by `tamis data bbcnews`"
         )
@@ -108,7 +110,6 @@ def write_judged_pool(output: str | Path, embeddings_dir: str, judged_depth: int
         ids, [r["topic"] for r in records], rankings, judged_depth
     )
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     for name, table in ((QRELS, qrels), (PROVENANCE, provenance)):
         write_parquet_atomic(str(out / name), table)
     return stats

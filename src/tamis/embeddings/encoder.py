@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tamis.config import EmbeddingConfig
+from tamis.config import ConfigError, EmbeddingConfig
 from tamis.embeddings.pooling import pool
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,45 @@ def _from_pretrained(factory, source: ModelSource, cfg: EmbeddingConfig, **kwarg
         ) from err
 
 
+def layer_count(model_config) -> int | None:
+    """The number of transformer layers a model config declares (None if it does not say)."""
+    text_config = getattr(model_config, "get_text_config", None)
+    config = text_config() if callable(text_config) else model_config
+    count = getattr(config, "num_hidden_layers", None)
+    return count if isinstance(count, int) else None
+
+
+def check_layer(cfg: EmbeddingConfig, model_config) -> None:
+    """embedding.layer must index the model's hidden states: -1 is the final output (after
+    the final norm), 0..n the hidden states (0: the token embeddings, k: after layer k), and
+    -(n+1)..-2 count from the end."""
+    n = layer_count(model_config)
+    if n is None or -(n + 1) <= cfg.layer <= n:
+        return
+    raise ConfigError(
+        f"embedding.layer: {cfg.layer} is out of range for {cfg.model!r}, which has {n} "
+        f"layers: use -1 (the final output), 0..{n} (0: the token embeddings, k: after layer "
+        f"k) or -{n + 1}..-2 (from the end)"
+    )
+
+
+def check_model(cfg: EmbeddingConfig) -> None:
+    """Cheap checks before any work: the model is found (ModelLoadError) and, when a layer is
+    chosen, the layer exists (ConfigError; reads the model's config, not its weights). A GGUF
+    model not yet converted is checked when it loads."""
+    source = resolve_model(cfg.model)
+    if cfg.layer == -1:
+        return
+    if source.kind == "gguf" and not (gguf_cache_dir(source) / _CACHE_COMPLETE).is_file():
+        return
+    from transformers import AutoConfig
+
+    model_config = _from_pretrained(
+        AutoConfig, source, cfg, trust_remote_code=cfg.trust_remote_code
+    )
+    check_layer(cfg, model_config)
+
+
 def load_tokenizer(cfg: EmbeddingConfig):
     from transformers import AutoTokenizer
 
@@ -246,6 +285,7 @@ class Encoder:
             dtype=_DTYPES[cfg.dtype],
             trust_remote_code=cfg.trust_remote_code,
         )
+        check_layer(cfg, self.model.config)
         self.model.eval().to(self.device)
         self.dim = int(self.model.config.hidden_size)
         self.pad_id = self.tokenizer.pad_token_id

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.embeddings.parquet_pages import read_row_group, vector_segments
-from tamis.records import InputError, read_json
+from tamis.records import InputError, parquet_source, read_json
 
 MANIFEST = "manifest.json"
 
@@ -37,19 +37,40 @@ def embedding_parts(directory: str) -> list[str]:
 
 def embeddings_manifest(directory: str) -> dict:
     embedding_parts(directory)  # checks it is finished
-    return read_json(FileSystems.join(directory, MANIFEST))
+    path = FileSystems.join(directory, MANIFEST)
+    try:
+        manifest = read_json(path)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: unreadable manifest (not a JSON object)")
+    return manifest
+
+
+@contextmanager
+def _reading_part(path: str) -> Iterator[None]:
+    """A part that cannot be read (cut short, not Parquet, columns missing) is an InputError
+    naming it; `tamis embed` run again embeds a damaged part's shard anew."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, KeyError) as err:
+        raise InputError(
+            f"{path}: damaged embeddings part ({type(err).__name__}: {err}); run `tamis embed` "
+            "again to embed its shard anew"
+        ) from None
 
 
 def read_part(path: str) -> EmbeddingBlock:
-    table = _read_parquet(path, ["id", "n_tokens"])
-    blocks = list(iter_part_vectors(path))
-    if len(blocks) == 1:
-        vectors = blocks[0]
-    elif blocks:
-        vectors = np.concatenate(blocks)
-    else:  # a part with no rows
-        dim = _read_parquet(path, ["embedding"]).schema.field("embedding").type.list_size
-        vectors = np.zeros((0, dim), dtype=np.float32)
+    with _reading_part(path):
+        table = _read_parquet(path, ["id", "n_tokens"])
+        blocks = list(iter_part_vectors(path))
+        if len(blocks) == 1:
+            vectors = blocks[0]
+        elif blocks:
+            vectors = np.concatenate(blocks)
+        else:  # a part with no rows
+            dim = _read_parquet(path, ["embedding"]).schema.field("embedding").type.list_size
+            vectors = np.zeros((0, dim), dtype=np.float32)
     return EmbeddingBlock(
         table.column("id").to_pylist(),
         vectors,
@@ -73,6 +94,11 @@ def iter_part_vectors(path: str) -> Iterator[np.ndarray]:
     Local parts in the embed pipeline's layout are read straight from their data pages
     (``parquet_pages``); any other part is decoded by pyarrow. Both give the same values.
     """
+    with _reading_part(path):
+        yield from _part_vectors(path)
+
+
+def _part_vectors(path: str) -> Iterator[np.ndarray]:
     if "://" not in path:
         with open(path, "rb", buffering=0) as f:
             metadata = pq.read_metadata(f)
@@ -98,13 +124,15 @@ def _read_parquet(path: str, columns: list[str] | None = None):
     decoding), others through Beam's FileSystems."""
     if "://" not in path:
         return pq.read_table(path, columns=columns, memory_map=True)
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return pq.read_table(f, columns=columns)
+    return pq.read_table(parquet_source(path), columns=columns)
 
 
 def read_ids(directory: str) -> pa.Array:
     """The pool ids of an embeddings directory, in order, without reading the vectors."""
-    chunks = [_read_parquet(path, ["id"]).column("id") for path in embedding_parts(directory)]
+    chunks = []
+    for path in embedding_parts(directory):
+        with _reading_part(path):
+            chunks.append(_read_parquet(path, ["id"]).column("id"))
     if not chunks:
         return pa.array([], pa.string())
     return pa.chunked_array([c for chunked in chunks for c in chunked.chunks]).combine_chunks()
@@ -133,8 +161,8 @@ def part_offsets(directory: str) -> list[tuple[str, int]]:
     """(part path, pool position of its first row), from the Parquet footers alone."""
     offsets, start = [], 0
     for path in embedding_parts(directory):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+        with _reading_part(path):
+            rows = pq.ParquetFile(parquet_source(path)).metadata.num_rows
         offsets.append((path, start))
         start += rows
     return offsets

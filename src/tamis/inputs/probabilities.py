@@ -30,7 +30,7 @@ from tamis.inputs.context import (
     StageContext,
     input_loader,
 )
-from tamis.records import InputError, resolve_inputs
+from tamis.records import InputError, parquet_source, read_table_files, resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,7 @@ def probabilities_from_rows(
 def read_id_list(path: str) -> list[str]:
     """Ids from a text file (one per line), JSONL ({"id": ...} per line) or Parquet (`id`)."""
     if path.endswith(".parquet"):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            table = pq.read_table(f)
+        table = read_table_files(path)
         if "id" not in table.column_names:
             raise InputError(f"{path}: no 'id' column (columns: {table.column_names})")
         return [str(v) for v in table.column("id").to_pylist()]
@@ -326,8 +325,7 @@ def flagged_ids(path: str, field: str, id_field: str = "id", required: bool = Tr
     found = False
     for source in resolve_inputs(path):
         if source.format == "parquet":
-            with FileSystems.open(source.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                table = pq.read_table(f)
+            table = read_table_files(source.path)
             if id_field not in table.column_names:
                 raise InputError(f"{source.path}: no {id_field!r} column")
             if field not in table.column_names:
@@ -354,13 +352,15 @@ def flagged_ids(path: str, field: str, id_field: str = "id", required: bool = Tr
 
 
 def _read_parquet(path: str, field, id_field: str):
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        parquet = pq.ParquetFile(f)
-        names = parquet.schema_arrow.names
-        if id_field not in names:
-            raise KeyError(f"no {id_field!r} column (columns: {', '.join(names)})")
-        fields = resolve_fields(names, field)
-        table = parquet.read(columns=[id_field, *fields])
+    try:
+        parquet = pq.ParquetFile(parquet_source(path))
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file ({err})") from None
+    names = parquet.schema_arrow.names
+    if id_field not in names:
+        raise KeyError(f"no {id_field!r} column (columns: {', '.join(names)})")
+    fields = resolve_fields(names, field)
+    table = parquet.read(columns=[id_field, *fields])
     ids = [str(v) for v in table.column(id_field).to_pylist()]
     columns = {name: list_column(table.column(name), name, ids, path) for name in fields}
     return ids, columns, fields
@@ -472,13 +472,24 @@ def probability_table(ctx: StageContext) -> ProbabilityTable:
 
 @input_loader(PROBABILITIES)
 def load_probabilities(ctx: StageContext, inputs: SelectionInputs) -> None:
+    from tamis.records import iter_pool_records
+
     table = probability_table(ctx)
+    where = f"the probabilities ({table.source})"
+    pool = ctx.config.pool
     if ctx.pool_input == PROBABILITIES:
+        if pool is not None and ctx.params.probabilities is not None:
+            # The records are the pool: the file must cover them, no more, no fewer.
+            pool_ids = [r.id for r in iter_pool_records(pool)]
+            positions_of(table.ids, pool_ids, f"the pool ({pool.path})", where)
+            positions_of(pool_ids, table.ids, where, f"the pool ({pool.path})")
         inputs.ids = pa.array(table.ids, pa.string())
         inputs.probabilities = table.probs
-    else:  # align to the pool's order
-        where = f"the probabilities ({table.source})"
-        rows = positions_of(table.ids, list(inputs.ids), f"the pool ({ctx.pool_input})", where)
+    else:  # align to the pool's order; ids the pool does not have are an error too
+        pool_ids = list(inputs.ids)
+        rows = positions_of(table.ids, pool_ids, f"the pool ({ctx.pool_input})", where)
+        if len(table.ids) != len(pool_ids):
+            positions_of(pool_ids, table.ids, where, f"the pool ({ctx.pool_input})")
         inputs.probabilities = table.probs[rows]
     inputs.origin["probabilities"] = {
         "source": table.source,

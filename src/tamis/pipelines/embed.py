@@ -7,8 +7,10 @@ Output directory (the public contract):
 - ``manifest.json``: resolved config, inputs, model, counts by outcome, tokens, seconds.
 
 Resumption: shards are numbered from the input alone and written atomically, so a re-run of
-the same job (same config and inputs, recorded in ``_tamis_job.json``) skips every shard
-that exists and ends with output identical to an uninterrupted run.
+the same job (same config and input contents, recorded in ``_tamis_job.json``) skips every
+shard that exists and ends with output identical to an uninterrupted run. A part that cannot
+be read back (cut short by a copy, say) or that holds other lines than its shard is embedded
+again, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import io
 import json
 import logging
 import platform
+import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -34,13 +37,25 @@ from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.runners.runner import PipelineResult
 
 import tamis
-from tamis.config import Config, ConfigError, EmbeddingConfig, PoolConfig, require
+from tamis.config import (
+    Config,
+    ConfigError,
+    EmbeddingConfig,
+    PoolConfig,
+    make_output_dir,
+    require,
+)
 from tamis.records import (
+    FILE_REASONS,
     FIRST_POSITION,
+    NON_FINITE_EMBEDDING,
+    BadRecordError,
     BlankLine,
+    InputError,
     InputFile,
     Rejected,
     atomic_write,
+    content_digest,
     count_records,
     read_input,
     read_json,
@@ -147,10 +162,32 @@ def write_vectors_dir(
     return directory
 
 
-def read_shard_stats(path: str) -> dict:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        metadata = pq.read_schema(f).metadata or {}
-    return json.loads(metadata[SHARD_METADATA_KEY])
+def finished_shard(path: str, lines: list[int]) -> tuple[dict | None, str | None]:
+    """(stats, None) when `path` holds the finished shard of these input lines (sorted);
+    (None, None) when there is no such file; (None, why) when the file is there but cannot
+    be read back (cut short, not Parquet, no tamis stats) or holds other lines: its shard
+    must be embedded again."""
+    if not FileSystems.exists(path):
+        return None, None
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            metadata = pq.read_metadata(f)
+        stats = json.loads(metadata.schema.to_arrow_schema().metadata[SHARD_METADATA_KEY])
+        rows = metadata.num_rows
+        expected = (stats["first_line"], stats["last_line"], stats["records"])
+        dead = len([Rejected(**d) for d in stats.get("rejected", [])])
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as err:
+        return None, f"unreadable ({type(err).__name__}: {err})"
+    if rows != expected[2] or (expected[0], expected[1], expected[2] + dead) != (
+        lines[0],
+        lines[-1],
+        len(lines),
+    ):
+        return None, (
+            f"holds lines {expected[0]}..{expected[1]} ({rows} rows), not its shard's "
+            f"{lines[0]}..{lines[-1]} ({len(lines)} records)"
+        )
+    return stats, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +223,9 @@ class ReadPool(beam.DoFn):
             self.records.inc()
             if isinstance(result, Rejected):
                 Metrics.counter(METRICS_NAMESPACE, f"rejected_{result.reason}").inc()
-                yield beam.pvalue.TaggedOutput("rejected", (result.source, result.line, result))
+                if result.reason in FILE_REASONS:  # the rest of the file is lost: say so now
+                    log.warning("%s: %s", result.source, result.detail)
+                yield _rejected_output(result)
             else:
                 offset = result.line - FIRST_POSITION[source.format]
                 shard = (file_index, offset // self.shard_size)
@@ -234,22 +273,39 @@ class _SharedEncoder:
         return getattr(self.encoder, name)
 
 
+def _rejected_output(rejected: Rejected) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput("rejected", (rejected.source, rejected.line, rejected))
+
+
 class EncodeShard(beam.DoFn):
-    """Encode one shard's records and write part-NNNNN.parquet, unless it is already there."""
+    """Encode one shard's records and write part-NNNNN.parquet, unless it is already there.
+
+    A vector with NaN or inf in it is not written: its record goes to the 'rejected' output
+    (reason non_finite_embedding), and the part's stats keep it, so that a re-run that skips
+    the part still reports it.
+    """
 
     def __init__(
-        self, cfg: EmbeddingConfig, output: str, show_progress: bool, progress_total: int | None
+        self,
+        cfg: EmbeddingConfig,
+        output: str,
+        show_progress: bool,
+        progress_total: int | None,
+        sources: list[str] | None = None,
     ):
         self.cfg = cfg
         self.output = output
         self.show_progress = show_progress
         self.progress_total = progress_total
+        self.sources = sources or []
         self.handle = _EncoderHandle(cfg)
         self.embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
         self.tokens = Metrics.counter(METRICS_NAMESPACE, "tokens")
         self.truncated = Metrics.counter(METRICS_NAMESPACE, "truncated")
         self.written = Metrics.counter(METRICS_NAMESPACE, "shards_written")
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "shards_skipped")
+        self.replaced = Metrics.counter(METRICS_NAMESPACE, "shards_replaced")
+        self.non_finite = Metrics.counter(METRICS_NAMESPACE, f"rejected_{NON_FINITE_EMBEDDING}")
 
     def setup(self):
         self.encoder = self.handle.acquire()
@@ -270,6 +326,10 @@ class EncodeShard(beam.DoFn):
             self.bar = progress_bar(self.progress_total, "embed", "text", smoothing=0.1)
         self.bar.update(n)
 
+    def _source(self, key) -> str:
+        file_index = key[0]
+        return self.sources[file_index] if file_index < len(self.sources) else str(file_index)
+
     def process(self, element, shard_keys: list):
         key, items = element
         if self._shard_keys_id != id(shard_keys):
@@ -277,13 +337,18 @@ class EncodeShard(beam.DoFn):
             self._shard_keys_id = id(shard_keys)
         index = self._shard_index[key]
         path = part_path(self.output, index)
-        if FileSystems.exists(path):
-            self.skipped.inc()
-            stats = read_shard_stats(path)
-            self._progress(stats["records"])
-            yield {**stats, "skipped": True}
-            return
         items = sorted(items)  # by input line: shards are in file order
+        done, problem = finished_shard(path, [line for line, _, _ in items])
+        if done is not None:
+            self.skipped.inc()
+            self._progress(len(items))
+            for dead in done.get("rejected", []):
+                yield _rejected_output(Rejected(**dead))
+            yield {**done, "skipped": True}
+            return
+        if problem is not None:
+            log.warning("%s: %s; embedding its shard again", path, problem)
+            self.replaced.inc()
         started = time.perf_counter()
         texts = [text for _, _, text in items]
         if self.cfg.share_model_across_processes:
@@ -293,27 +358,50 @@ class EncodeShard(beam.DoFn):
         else:
             encoded = self.encoder.encode(texts, progress=self._progress)
         seconds = time.perf_counter() - started
+        finite = np.isfinite(encoded.embeddings).all(axis=1)
+        source = self._source(key)
+        dead = []
+        for i in np.flatnonzero(~finite):
+            bad = int((~np.isfinite(encoded.embeddings[i])).sum())
+            line, rid, _ = items[i]
+            dead.append(
+                Rejected(
+                    source,
+                    line,
+                    NON_FINITE_EMBEDDING,
+                    f"the encoder gave a vector with {bad} NaN/inf values of "
+                    f"{encoded.embeddings.shape[1]}",
+                    rid,
+                )
+            )
+        kept = [item for item, ok in zip(items, finite, strict=True) if ok]
+        n_tokens = encoded.n_tokens[finite]
         model = self.encoder.describe()
         stats = {
             "part": index,
             "source_file_index": key[0],
             "first_line": items[0][0],
             "last_line": items[-1][0],
-            "records": len(items),
-            "tokens": int(encoded.n_tokens.sum()),
-            "truncated": int(encoded.truncated.sum()),
+            "records": len(kept),
+            "tokens": int(n_tokens.sum()),
+            "truncated": int(encoded.truncated[finite].sum()),
             "encode_seconds": round(seconds, 4),
             "model_load_seconds": model.pop("load_seconds"),
             "model": model,
+            "rejected": [asdict(r) for r in dead],
+            "replaced": problem,
         }
         table = shard_table(
-            [rid for _, rid, _ in items], encoded.embeddings, encoded.n_tokens, stats
+            [rid for _, rid, _ in kept], encoded.embeddings[finite], n_tokens, stats
         )
         atomic_write(path, shard_parquet_bytes(table))
-        self.embedded.inc(len(items))
+        self.embedded.inc(len(kept))
         self.tokens.inc(stats["tokens"])
         self.truncated.inc(stats["truncated"])
         self.written.inc()
+        self.non_finite.inc(len(dead))
+        for rejected in dead:
+            yield _rejected_output(rejected)
         yield {**stats, "skipped": False}
 
 
@@ -338,9 +426,11 @@ class EmbedPlan:
 def plan_embed(config: Config) -> EmbedPlan:
     pool = require(config.pool, "pool")
     output = require(config.embedding.output, "embedding.output")
-    inputs = resolve_inputs(pool.path, pool.format)
+    # Each input is hashed once (the content, not size and mtime: an edit of the same size
+    # with its mtime put back must not reuse the old shards).
+    inputs = [replace(i, digest=content_digest(i)) for i in resolve_inputs(pool.path, pool.format)]
     job = {
-        "inputs": [asdict(i) for i in inputs],
+        "inputs": [{"path": i.path, "format": i.format, "digest": i.digest} for i in inputs],
         "pool": {k: v for k, v in asdict(pool).items() if k != "strict"},
         "embedding": {
             k: v for k, v in asdict(config.embedding).items() if k not in _NON_FINGERPRINT_KEYS
@@ -382,23 +472,26 @@ def build_embed(
         | "CountIds" >> beam.CombinePerKey(sum)
         | "Repeated" >> beam.Filter(lambda kv: kv[1] > 1)
     )
-    shard_stats = (
+    encoded = (
         records
         | "GroupShards" >> beam.GroupByKey()
         | "EncodeAndWrite"
         >> beam.ParDo(
-            EncodeShard(emb, plan.output, show_progress, progress_total),
+            EncodeShard(
+                emb, plan.output, show_progress, progress_total, [i.path for i in plan.inputs]
+            ),
             shard_keys=beam.pvalue.AsSingleton(shard_keys),
-        )
+        ).with_outputs("rejected", main="stats")
     )
+    rejected = (read.rejected, encoded.rejected) | "AllRejected" >> beam.Flatten()
     _ = (
-        shard_stats
+        encoded.stats
         | "AllShardStats" >> beam.combiners.ToList()
         | "WriteManifest"
         >> beam.Map(
             finalize,
             plan=plan,
-            rejected=beam.pvalue.AsList(read.rejected),
+            rejected=beam.pvalue.AsList(rejected),
             seen=beam.pvalue.AsList(read.seen),
             blank_lines=beam.pvalue.AsSingleton(
                 read.blank | "CountBlank" >> beam.combiners.Count.Globally()
@@ -448,6 +541,8 @@ def finalize(
         "truncated": sum(s["truncated"] for s in stats),
         "shards": len(stats),
         "shards_skipped": sum(1 for s in stats if s["skipped"]),
+        # Parts found damaged (or holding other lines) on a re-run and embedded again.
+        "shards_replaced": sum(1 for s in stats if not s["skipped"] and s.get("replaced")),
         "duplicate_ids": len(duplicates),
     }
     if records != embedded + len(rejected_sorted):
@@ -480,6 +575,7 @@ def finalize(
 def prepare_output(plan: EmbedPlan, overwrite: bool) -> None:
     """Check the output belongs to this job (or clear it with overwrite) and record the job."""
     output = plan.output
+    make_output_dir(output, "embedding.output")  # a file in the way: ConfigError
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
     job_path = FileSystems.join(output, JOB_FILE)
@@ -489,7 +585,17 @@ def prepare_output(plan: EmbedPlan, overwrite: bool) -> None:
         FileSystems.delete(leftovers)
     ours = [m.path for m in existing if m.path not in leftovers]
     if FileSystems.exists(job_path):
-        previous = read_json(job_path)
+        try:
+            previous = read_json(job_path)
+            if not isinstance(previous, dict):
+                raise ValueError(f"a JSON {type(previous).__name__}, not an object")
+        except (ValueError, OSError) as err:
+            if not overwrite:
+                raise OutputConflictError(
+                    f"{job_path}: unreadable ({err}), so the parts in {output} cannot be told "
+                    "apart from another job's; pass --overwrite to embed afresh"
+                ) from None
+            previous = {}
         if previous.get("fingerprint") != plan.fingerprint and not overwrite:
             raise OutputConflictError(
                 f"{output} holds embeddings of a different job (config or inputs changed: "
@@ -513,13 +619,23 @@ def run_embed(
     beam_args: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    require_records: bool = False,
 ) -> dict | PipelineResult | None:
     """Run the embed pipeline and return its manifest.
 
     A dry run (``--dry_run=True``) returns Beam's PipelineResult, whose ``job`` holds the
-    built job; a remote job whose manifest cannot be read here returns None.
+    built job; a remote job whose manifest cannot be read here returns None. A pool of which
+    no record was embedded (empty, blank, or every record rejected) is an InputError naming
+    it with require_records (`tamis embed`), else a warning (query sets: their caller says
+    what an empty one means).
     """
     plan = plan_embed(config)
+    if config.runner.name != "dataflow":
+        # Model problems (not found, embedding.layer out of range) before any work; on
+        # Dataflow the model is the workers' business.
+        from tamis.embeddings.encoder import check_model
+
+        check_model(config.embedding)
     if config.pool.template == "chat":
         _check_chat_template(config.embedding)
     runner, options = make_runner(config.runner, beam_args)
@@ -539,15 +655,75 @@ def run_embed(
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_embed(pipeline, plan, progress, total)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as err:
+        ours = pipeline_error(err)
+        if ours is None:
+            raise
+        raise ours from None
     manifest_path = FileSystems.join(plan.output, MANIFEST)
     if not FileSystems.exists(manifest_path):
         return None
     manifest = read_json(manifest_path)
+    if manifest["counts"]["embedded"] == 0:
+        problem = _nothing_embedded(plan, manifest["counts"])
+        if require_records:
+            raise InputError(problem)
+        log.warning("%s", problem)
     manifest["seconds"]["wall"] = round(time.perf_counter() - started, 3)
     write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def _nothing_embedded(plan: EmbedPlan, counts: dict) -> str:
+    paths = [i.path for i in plan.inputs]
+    where = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    what = f"{counts['records']} records, {counts['blank_lines']} blank lines"
+    if counts["rejected"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in counts["rejected_by_reason"].items())
+        rejected = FileSystems.join(plan.output, REJECTED)
+        what += f"; all rejected: {reasons}, see {rejected}"
+    return f"{where}: no record of the pool could be embedded ({what})"
+
+
+_WHILE_RUNNING = re.compile(r"(?:\s*\[while running '[^']*'\])+\s*$")
+
+
+def pipeline_error(err: BaseException) -> Exception | None:
+    """The tamis error a failed pipeline stands for (InputError, ConfigError, ...), with
+    Beam's step annotations taken off; None for any other failure. Beam re-raises a worker's
+    exception as the same type with " [while running '...']" appended, or as a RuntimeError
+    whose message holds "module.TypeName: message" (worker processes). A strict-mode
+    BadRecordError says so in its message, whichever way it came."""
+    from tamis.embeddings.encoder import ModelLoadError
+
+    kinds: dict[str, type[Exception]] = {
+        "BadRecordError": BadRecordError,
+        "InputError": InputError,
+        "ConfigError": ConfigError,
+        "ModelLoadError": ModelLoadError,
+        "OutputConflictError": OutputConflictError,
+    }
+    found = None
+    for kind in kinds.values():
+        if isinstance(err, kind):
+            found = kind, str(err)
+            break
+    else:
+        for name, kind in kinds.items():
+            messages = re.findall(rf"\b{name}: (.+)", str(err))
+            if messages:
+                found = kind, messages[-1]
+                break
+    if found is None:
+        return None
+    kind, message = found
+    message = _WHILE_RUNNING.sub("", message).strip()
+    if kind is BadRecordError:
+        message = f"bad record (strict mode): {message}"
+    return kind(message)
 
 
 def _check_remote_paths(plan: EmbedPlan) -> None:

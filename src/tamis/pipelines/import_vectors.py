@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -56,6 +54,7 @@ from tamis.records import (
     InputError,
     _is_hf_dataset_dir,
     atomic_write,
+    parquet_source,
     read_json,
     read_table_files,
     resolve_inputs,
@@ -237,29 +236,23 @@ def _table_parts(source: str) -> list[_TablePart]:
 
 def _parquet_part(path: str) -> _TablePart:
     try:
-        with _open(path) as f:
-            pf = pq.ParquetFile(f)
-            num_rows, schema = pf.metadata.num_rows, pf.schema_arrow
+        pf = pq.ParquetFile(parquet_source(path))
+        num_rows, schema = pf.metadata.num_rows, pf.schema_arrow
     except (pa.ArrowException, OSError) as err:
         raise InputError(f"{path}: cannot read as Parquet: {err}") from None
 
     def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
-        with _open(path) as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        yield from pq.ParquetFile(parquet_source(path)).iter_batches(
+            batch_size=BATCH_ROWS, columns=columns
+        )
 
     return _TablePart(path, "parquet", num_rows, schema, batches)
 
 
 def _jsonl_part(path: str) -> _TablePart:
     try:
-        if path.lower().endswith(".gz"):
-            # read_table_files hands pyarrow a decompressing stream it cannot read
-            # ("I/O operation on closed file"): decompress here first.
-            with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-                table = pajson.read_json(pa.BufferReader(f.read()))
-        else:
-            table = read_table_files(path)
-    except (pa.ArrowException, OSError, EOFError, zlib.error) as err:
+        table = read_table_files(path)  # a cut .gz is an InputError there
+    except (pa.ArrowException, OSError) as err:
         raise InputError(f"{path}: cannot read as JSONL: {err}") from None
 
     def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
