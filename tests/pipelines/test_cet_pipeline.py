@@ -137,7 +137,7 @@ def test_an_ivf_index_from_the_index_section_mines_the_same_candidates(retrieval
     assert flat.column("doc_id").equals(ivf.column("doc_id"))
     config.index.factory = "IVF9999,Flat"  # more lists than documents
     with pytest.raises(ConfigError, match="index: index factory 'IVF9999,Flat' could not be"):
-        run_select(config)
+        run_select(config, overwrite=True)
 
 
 def test_queries_that_are_corpus_documents_do_not_mine_themselves(retrieval, tmp_path):
@@ -207,6 +207,55 @@ def test_bad_inputs_name_the_file_row_or_key(retrieval, tmp_path):
     config.selection.budget = 10
     with pytest.raises(ConfigError, match="selection.budget: cet keeps"):
         run_select(config)
+
+
+def test_a_nan_or_infinite_corpus_vector_is_an_input_error_naming_count_and_ids(
+    retrieval, tmp_path
+):
+    corpus = np.random.default_rng(1).normal(size=(N_DOCS, DIM)).astype(np.float32)
+    corpus[[7, 150, 299]] = np.nan
+    corpus[40, 3] = np.inf
+    bad = write_embeddings_dir(tmp_path / "bad", corpus, 128, [f"doc-{i}" for i in range(N_DOCS)])
+    for factory in ("Flat", "IVF4,Flat"):  # a NaN met when adding, or in the training sample
+        config = cet_config(retrieval, tmp_path / factory)
+        config.embedding.output = bad
+        config.index.factory, config.index.train_size = factory, 300
+        with pytest.raises(InputError) as caught:
+            run_select(config)
+        message = str(caught.value)
+        assert f"embedding.output {bad}: 4 vectors hold NaN or infinite values" in message
+        assert "ids 'doc-7', 'doc-40', 'doc-150', 'doc-299'" in message
+
+
+def test_parquet_judgements_reach_arrow_as_a_path(retrieval, tmp_path, monkeypatch):
+    """A Python file object handed to pq.read_table is released by an Arrow thread after the
+    read; at interpreter exit (an input error right after the read) that aborted the process
+    about 1 run in 5 (exit 134, "terminate called without an active exception"). Every
+    Parquet read goes through records.parquet_source: a path, or Arrow-owned bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import tamis.inputs.retrieval as retrieval_module
+    from tamis.records import parquet_source
+
+    path = tmp_path / "qrels.parquet"
+    pq.write_table(pa.table({"query_id": ["q-0"], "document": ["doc-1"]}), path)
+    seen = []
+    real = pq.read_table
+
+    def read_table(source, *args, **kwargs):
+        seen.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", read_table)
+    with pytest.raises(InputError, match="has no 'doc_id' column"):
+        retrieval_module.read_pair_table(str(path), "selection.params.qrels")
+    assert len(seen) == 1 and isinstance(seen[0], str)  # local: Arrow opens the path
+    assert parquet_source(f"file://{path}") == str(path)
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="damaged.parquet"):
+        retrieval_module.read_pair_table(str(damaged), "selection.params.qrels")
 
 
 def test_cli_prints_a_summary(retrieval, tmp_path, capsys):

@@ -14,10 +14,15 @@ This module turns candidate arrays into, per candidate:
   (``inverse_propensity``); 0 for labelled candidates,
 - ``exclude``: p_false_negative above ``exclude_above`` (a likely false negative).
 
-Two methods: ``em`` (selected-at-random PU EM, logistic f and e; calibrated) and ``cet``
-(the reference's coupled reweighted updates of two scorers; their scores are then
-calibrated by the same EM with each model's score as its only feature, because CET's
-pairwise losses leave the scores without a probability scale).
+Two methods: ``em`` (selected-at-random PU EM, logistic f and e; calibrated; the default)
+and ``cet`` (the reference's coupled reweighted updates of two scorers; their scores are
+then calibrated by the same EM with each model's score as its only feature, because CET's
+pairwise losses leave the scores without a probability scale). With the judged pool known,
+em's relevance model can also see the pool retrievers' ranks (``relevance_features: [score,
+log_rank, pool_ranks]``): on planted-topic worlds p_false_negative of the unjudged
+candidates is then calibrated (bench/cet_calibration.py: ECE <= 0.015 over 10 worlds, 0.012-
+0.134 without), but on the BBC sample it kept same-topic articles as hard negatives, so it is
+not the default.
 
 The estimation is arrays in, arrays out; `select` mines the candidates with the FAISS layer
 (on Beam workers with `select_distributed`), labels them (`cet_candidates`) and estimates.
@@ -29,7 +34,7 @@ most likely to be false negatives, for annotators).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +43,7 @@ import pyarrow as pa
 from tamis.config import ConfigError
 from tamis.index.faiss_index import build_from_embeddings_dir
 from tamis.index.mining import mine_top_k
+from tamis.inputs.embeddings import finite_blocks
 from tamis.inputs.retrieval import positions_in
 from tamis.selectors.base import (
     RETRIEVAL,
@@ -55,16 +61,31 @@ from tamis.selectors.cet_candidates import (
 )
 from tamis.selectors.cet_core import fit_coupled, fit_sar_em, sar_probabilities
 
-RELEVANCE_FEATURES = ("score", "log_rank", "score_gap")
+RELEVANCE_FEATURES = ("score", "log_rank", "score_gap", "pool_ranks")
 CANDIDATES = "candidates.parquet"
 REVIEW_PARQUET = "review_queue.parquet"
 REVIEW_JSONL = "review_queue.jsonl"
 
 
 def relevance_feature_matrix(candidates: CandidateArrays, names: list[str]) -> np.ndarray:
-    """Features of the relevance model f: what the mining retriever says about the pair."""
+    """Features of the relevance model f: what the mining retriever says about the pair
+    (``score``, ``log_rank``, ``score_gap``) and, with ``pool_ranks``, what the retrievers
+    that built the judged pool say: per retriever the log of the candidate's rank in its list
+    (log(longest rank seen + 1) where it did not rank it) and a did-not-rank indicator."""
     columns = []
     for name in names:
+        if name == "pool_ranks":
+            if candidates.provenance_ranks is None:
+                raise ConfigError(
+                    "selection.params.relevance_features: pool_ranks needs provenance"
+                )
+            ranks = candidates.provenance_ranks.astype(np.float64)
+            unranked = ranks <= 0
+            longest = np.where(unranked, 0, ranks).max(axis=0) if len(ranks) else 0
+            log_rank = np.log(np.where(unranked, longest + 1, np.maximum(ranks, 1)))
+            for j in range(ranks.shape[1]):
+                columns += [log_rank[:, j], unranked[:, j].astype(np.float64)]
+            continue
         if name == "score":
             columns.append(candidates.score.astype(np.float64))
         elif name == "log_rank":
@@ -138,13 +159,17 @@ class CetSelector(Selector):
         min_relevance: float = 1.0  # qrels rows below this are judged not relevant
         k: int = 100  # candidates mined per query
         method: Literal["em", "cet"] = "em"
-        relevance_features: list[str] = field(default_factory=lambda: ["score", "log_rank"])
+        # None (auto): score and log_rank, plus (method em) pool_ranks when the judged pool
+        # is known (judged_depth, judged pairs or qrels with relevance below min_relevance).
+        relevance_features: list[str] | None = None
         negative_weight: Literal["complement", "inverse_propensity"] = "complement"
         exclude_above: float = 0.5
         negatives_per_query: int = 8
         review_size: int = 1000
         drop_query_itself: bool = True  # a query that is a corpus document is not its own hit
-        iterations: int = 200  # EM iterations at most (stops when no posterior moves 1e-4)
+        # EM iterations at most (stops when no posterior moves 1e-4; with pool_ranks the BBC
+        # example takes 267, the planted-topic worlds of bench/cet_calibration.py < 100).
+        iterations: int = 1000
         # Fit the models on a seeded sample of whole queries holding about this many
         # candidates (all of them when there are fewer); every candidate is then scored.
         fit_sample: int = 200_000
@@ -169,14 +194,44 @@ class CetSelector(Selector):
             raise ConfigError("selection.params.judged_depth: needs provenance (ranked lists)")
         if p.tau <= 0:
             raise ConfigError(f"selection.params.tau: must be > 0, got {p.tau}")
-        if not p.relevance_features:
+        if p.relevance_features is not None and not p.relevance_features:
             raise ConfigError("selection.params.relevance_features: name at least one")
-        for name in p.relevance_features:
+        for name in p.relevance_features or []:
             if name not in RELEVANCE_FEATURES:
                 raise ConfigError(
                     f"selection.params.relevance_features: unknown feature {name!r}; "
                     f"known: {', '.join(RELEVANCE_FEATURES)}"
                 )
+        if "pool_ranks" in (p.relevance_features or []) and p.provenance is None:
+            raise ConfigError("selection.params.relevance_features: pool_ranks needs provenance")
+
+    def relevance_features(self, candidates: CandidateArrays) -> list[str]:
+        """The relevance model's features: as configured, or (auto) score and log_rank, plus
+        for method em the pool retrievers' ranks when the judged pool is known.
+
+        Why: the pool retrievers' ranks say something about relevance that the mining score
+        does not (a relevant document they missed is rarer than the score alone suggests);
+        left out of f, p_false_negative of the unjudged candidates comes out 1.5-5x too high
+        (bench/cet_calibration.py). The selection model must keep a feature f lacks
+        (ALGORITHMS.md, CET): the judged indicator, known only with the judged pool; without
+        it the ranks stay the selection model's alone. Method cet keeps the reference's
+        split (its relevance model is the ranker, which sees the pair alone)."""
+        p = self.params
+        names = p.relevance_features
+        judged_known = candidates.judged is not None
+        if names is None:
+            # pool_ranks is opt-in: calibrated on planted-topic worlds (ECE <= 0.015), but
+            # on the BBC sample (tests/data/test_pooled_judgements.py) it kept 56% same-topic
+            # articles among the hard negatives, where score and log_rank keep none.
+            return ["score", "log_rank"]
+        if "pool_ranks" in names and not judged_known:
+            raise ConfigError(
+                "selection.params.relevance_features: pool_ranks needs the judged pool "
+                "(judged_depth, judged, or qrels with a relevance column holding judged "
+                "non-relevant pairs): without it the selection model has no feature the "
+                "relevance model lacks and the propensity is not identifiable"
+            )
+        return list(names)
 
     def estimate(
         self,
@@ -198,11 +253,12 @@ class CetSelector(Selector):
                 "selection.params.qrels: no labelled positive is among the mined candidates "
                 f"(top {p.k}); check that qrels ids match the query and corpus ids"
             )
-        x_relevance = relevance_feature_matrix(candidates, p.relevance_features)
+        relevance_names = self.relevance_features(candidates)
+        x_relevance = relevance_feature_matrix(candidates, relevance_names)
         x_selection, selection_names = selection_feature_matrix(candidates)
         info: dict = {
             "method": p.method,
-            "relevance_features": list(p.relevance_features),
+            "relevance_features": relevance_names,
             "selection_features": selection_names,
         }
         # The models have a handful of coefficients: a sample of whole queries pins them
@@ -337,6 +393,10 @@ class CetSelector(Selector):
                 nprobe=ic.nprobe, ef_search=ic.ef_search, seed=seed,
             )  # fmt: skip
         except ValueError as err:
+            if "NaN or infinite" in str(err):
+                # Which vectors, and how many: the pool loader's check, over the corpus.
+                for _ in finite_blocks(r.corpus_dir, inputs.ids):
+                    pass
             raise ConfigError(f"index: {err}") from err
         if index.dim != r.query_vectors.shape[1]:
             raise ConfigError(
