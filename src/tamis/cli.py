@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--overwrite",
             action="store_true",
-            help="replace outputs of a different job; a recipe reruns every stage",
+            help="replace the outputs of a different job (another config or changed inputs)",
+        )
+        sub.add_argument(
+            "--rerun",
+            action="store_true",
+            help="a recipe: run every stage again, even finished and unchanged ones",
         )
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         return sub
@@ -160,7 +165,13 @@ def _embed(args: argparse.Namespace, beam_args: list[str]) -> int:
     from tamis.pipelines.embed import run_embed
 
     config = _load(args)
-    manifest = run_embed(config, beam_args, overwrite=args.overwrite, progress=not args.no_progress)
+    manifest = run_embed(
+        config,
+        beam_args,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        require_records=True,
+    )
     if isinstance(manifest, dict) or manifest is None:
         _print_embed_summary(manifest, str(config.embedding.output))
     else:
@@ -222,19 +233,22 @@ def _select(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _load(args)
     if config.selection is None and config.recipe is None:
         raise ConfigError("selection: required key missing (or a recipe section)")
-    manifest = run_select(config, beam_args, on_stage=_print_stage, rerun=args.overwrite)
+    manifest = run_select(
+        config, beam_args, on_stage=_print_stage, overwrite=args.overwrite, rerun=args.rerun
+    )
     if config.recipe is not None:
         _print_recipe_summary(manifest, str(config.recipe.output))
     return 0
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from tamis.pipelines.select import plan_selection
+    from tamis.pipelines.select import check_select_outputs, plan_selection
 
     config = _load(args)
     selects = config.selection is not None or config.recipe is not None
-    if selects:  # a bad stage config fails before embedding
+    if selects:  # a bad stage config or another job's output fails before embedding
         plan_selection(config)
+        check_select_outputs(config, args.overwrite)
     status = _embed(args, beam_args)
     if status == 0 and selects:
         status = _select(args, beam_args)
@@ -267,18 +281,75 @@ def _embeddings(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.dataset == "humaneval":
+        from tamis.data.humaneval import write_humaneval
+
+        counts = write_humaneval(args.output)
+        print(
+            f"wrote {counts['pool']} HumanEval problems with skill tags and a made-up "
+            f"evaluation of {counts['evaluation']} questions to {args.output}"
+        )
+        return 0
+    if args.dataset == "bbcnews-judged":
+        from tamis.data.pooled_judgements import write_judged_pool
+
+        stats = write_judged_pool(args.output, args.embeddings, args.judged_depth)
+        print(
+            f"wrote qrels.parquet ({stats['qrels']:,} judged relevant pairs) and "
+            f"provenance.parquet (TF-IDF and truncated-embedding rankings) to {args.output}"
+        )
+        print(
+            f"  {stats['judged_per_query']} judged per query, {stats['relevant_per_query']} "
+            f"relevant: the rest of each topic is unlabelled (false negatives to find)"
+        )
+        return 0
+    from tamis.data.bbcnews import query_path, write_bbcnews
+
+    topics = [t for t in args.queries.split(",") if t]
+    counts = write_bbcnews(args.output, topics, args.per_topic)
+    print(f"wrote {counts['pool']:,} BBC News articles to {args.output}")
+    for topic in topics:
+        held_out = counts[f"queries_{topic}"]
+        print(f"  {held_out} {topic} queries to {query_path(args.output, topic)}")
+    return 0
+
+
+def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tamis.report import report
+
+    text, png = report(args.directory, args.png)
+    print(text)
+    print(f"  plot: {png}")
+    return 0
+
+
 _BAD_RECORD = re.compile(r"BadRecordError: (.+)")
+_INPUT_ERROR = re.compile(r"(?:InputError|ConfigError): (.+?)(?: \[while running '[^\]]*'\])*$")
 
 
 def _pipeline_error_message(err: BaseException) -> str | None:
     """Beam wraps worker exceptions; dig out the message of one of ours."""
-    match = _BAD_RECORD.search(str(err))
+    text = str(err)
+    match = _BAD_RECORD.search(text)
     if match:
         return f"bad record (strict mode): {match.group(1).strip()}"
+    for line in text.splitlines():
+        match = _INPUT_ERROR.search(line.strip())
+        if match:
+            return match.group(1).strip()
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the verb started (e.g. while importing Beam)
+        print("tamis: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(
@@ -290,57 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         # reports errors itself (and re-raises the ones it does not know).
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.verbose:
+        os.environ["TAMIS_VERBOSE"] = "1"  # tamis.runners.sdk_worker: workers log too
     unknown = [a for a in rest if not a.startswith("-")]
-    if args.verb == "data":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.dataset == "humaneval":
-            from tamis.data.humaneval import write_humaneval
-
-            counts = write_humaneval(args.output)
-            print(
-                f"wrote {counts['pool']} HumanEval problems with skill tags and a made-up "
-                f"evaluation of {counts['evaluation']} questions to {args.output}"
-            )
-            return 0
-        if args.dataset == "bbcnews-judged":
-            if not args.embeddings:
-                parser.error("data bbcnews-judged needs --embeddings DIR (run tamis embed first)")
-            from tamis.data.pooled_judgements import write_judged_pool
-
-            stats = write_judged_pool(args.output, args.embeddings, args.judged_depth)
-            print(
-                f"wrote qrels.parquet ({stats['qrels']:,} judged relevant pairs) and "
-                f"provenance.parquet (TF-IDF and truncated-embedding rankings) to {args.output}"
-            )
-            print(
-                f"  {stats['judged_per_query']} judged per query, {stats['relevant_per_query']} "
-                f"relevant: the rest of each topic is unlabelled (false negatives to find)"
-            )
-            return 0
-        from tamis.data.bbcnews import query_path, write_bbcnews
-
-        topics = [t for t in args.queries.split(",") if t]
-        counts = write_bbcnews(args.output, topics, args.per_topic)
-        print(f"wrote {counts['pool']:,} BBC News articles to {args.output}")
-        for topic in topics:
-            held_out = counts[f"queries_{topic}"]
-            print(f"  {held_out} {topic} queries to {query_path(args.output, topic)}")
-        return 0
-    if args.verb == "report":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from tamis.records import InputError
-        from tamis.report import report
-
-        try:
-            text, png = report(args.directory, args.png)
-        except InputError as err:
-            print(f"tamis: error: {err}", file=sys.stderr)
-            return 2
-        print(text)
-        print(f"  plot: {png}")
-        return 0
+    if args.verb in ("data", "report") and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.verb == "data" and args.dataset == "bbcnews-judged" and not args.embeddings:
+        parser.error("data bbcnews-judged needs --embeddings DIR (run tamis embed first)")
     if unknown:
         parser.error(f"unexpected arguments: {' '.join(unknown)} (Beam flags start with --)")
     from tamis.embeddings.encoder import ModelLoadError
@@ -353,15 +380,70 @@ def main(argv: list[str] | None = None) -> int:
         "run": _run,
         "scaling": _scaling,
         "embeddings": _embeddings,
+        "data": _data,
+        "report": _report,
     }
     try:
+        if rest:
+            from tamis.runners.options import check_beam_flags
+
+            check_beam_flags(rest, _own_flags(parser, args.verb))
         return handlers[args.verb](args, rest)
+    except KeyboardInterrupt:
+        print(f"tamis: interrupted; {_RESUME.get(args.verb, 'nothing was kept')}", file=sys.stderr)
+        return 130
     except (ConfigError, InputError, ModelLoadError, OutputConflictError, BadRecordError) as err:
         print(f"tamis: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:
-        message = _pipeline_error_message(err)
-        if message is None:
-            raise
-        print(f"tamis: error: {message}", file=sys.stderr)
+    except OSError as err:  # a file that cannot be read or written: its name is in the message
+        print(f"tamis: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if _interrupted(err):  # Beam re-raises a worker's KeyboardInterrupt as RuntimeError
+            print(
+                f"tamis: interrupted; {_RESUME.get(args.verb, 'nothing was kept')}", file=sys.stderr
+            )
+            return 130
+        message = _pipeline_error_message(err)
+        if message is not None:
+            print(f"tamis: error: {message}", file=sys.stderr)
+            return 2
+        if args.verbose:
+            raise
+        print(
+            f"tamis: error: internal error ({type(err).__name__}: {_first_line(err)}); this is "
+            "a bug in tamis: rerun with -v for the traceback and please report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+_RESUME = {
+    "embed": "finished shards are kept, re-run to resume",
+    "run": "finished shards and stages are kept, re-run to resume",
+    "select": "finished recipe stages are kept, re-run to resume",
+}
+
+
+def _interrupted(err: BaseException | None) -> bool:
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, KeyboardInterrupt) or str(err).startswith("KeyboardInterrupt"):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _own_flags(parser: argparse.ArgumentParser, verb: str) -> list[str]:
+    """The --flags tamis itself takes for a verb (for "did you mean" on a typo)."""
+    flags = [f for a in parser._actions for f in a.option_strings]
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        sub = action.choices.get(verb)
+        if sub is not None:
+            flags += [f for a in sub._actions for f in a.option_strings]
+    return [f for f in flags if f.startswith("--")]

@@ -21,7 +21,7 @@ from conftest import write_jsonl
 from tamis.cli import main as tamis_main
 from tamis.config import config_from_dict
 from tamis.embeddings.store import read_embeddings
-from tamis.pipelines.embed import run_embed
+from tamis.pipelines.embed import OutputConflictError, run_embed
 from tamis.pipelines.select import run_select
 from tamis.selectors.base import (
     EMBEDDINGS,
@@ -259,7 +259,11 @@ def test_kill_during_stage_two_then_rerun_resumes(pool_job, tmp_path):
     times = {n: (tmp_path / "recipe" / n / "manifest.json").stat().st_mtime_ns
              for n in ("01-dedup", "02-target", "03-balance")}  # fmt: skip
     steps[2]["params"]["mix_uniform"] = 0.5
-    manifest = run_select(config_from_dict(job))
+    # Another job's results are not replaced silently: the error names the changed stage.
+    with pytest.raises(OutputConflictError, match=r"stage 03-balance of a different run \(changed: "
+                       r"recipe.stages\[2\].params.mix_uniform"):  # fmt: skip
+        run_select(config_from_dict(job))
+    manifest = run_select(config_from_dict(job), overwrite=True)
     assert [s["skipped"] for s in manifest["funnel"]] == [True, True, False]
     for name in ("01-dedup", "02-target"):
         assert (tmp_path / "recipe" / name / "manifest.json").stat().st_mtime_ns == times[name]
@@ -268,7 +272,7 @@ def test_kill_during_stage_two_then_rerun_resumes(pool_job, tmp_path):
     ]
     again = run_select(config_from_dict(job))  # nothing changed: everything skipped
     assert [s["skipped"] for s in again["funnel"]] == [True, True, True]
-    forced = run_select(config_from_dict(job), rerun=True)  # tamis select --overwrite
+    forced = run_select(config_from_dict(job), rerun=True)  # tamis select --rerun
     assert [s["skipped"] for s in forced["funnel"]] == [False, False, False]
     assert subset(tmp_path / "recipe" / "02-target") == subset(tmp_path / "clean" / "02-target")
 

@@ -108,7 +108,8 @@ def test_no_labelled_set_starts_at_the_first_record_or_a_seeded_random_one(pool)
     assert subset[0]["id"] == "doc0" and subset[0]["coverage_radius"] is None  # JSON null
     assert manifest["info"]["coverage_radius_first"] is None
     assert pq.read_table(root / "subset" / "subset.parquet")["score"][0].as_py() == np.inf
-    run_select(config_from_dict(job(root, budget=3, seed=5, params={"first": "random"})))
+    run_select(config_from_dict(job(root, budget=3, seed=5, params={"first": "random"})),
+               overwrite=True)  # fmt: skip
     first = read_jsonl(root / "subset" / "subset.jsonl")[0]["id"]
     run_select(config_from_dict(job(root, budget=3, seed=5, params={"first": "random"})))
     assert read_jsonl(root / "subset" / "subset.jsonl")[0]["id"] == first
@@ -137,7 +138,7 @@ def test_a_labeled_column_is_used_by_default_and_must_hold_booleans(pool, caplog
         auto = run_select(config_from_dict(job(root, budget=4, params={})))
     assert auto["counts"]["labeled"] == 4
     assert "labelled set: the 'labeled' column (4 true)" in caplog.text
-    explicit = run_select(config_from_dict(job(root, budget=4)))  # labeled_field: labeled
+    explicit = run_select(config_from_dict(job(root, budget=4)), overwrite=True)  # labeled_field
     assert auto["counts"] == explicit["counts"]
     rows = [{**r, "labeled": ["yes", "false", "no", "true"][i % 4] if i < 8 else None}
             for i, r in enumerate(records)]  # fmt: skip
@@ -146,9 +147,10 @@ def test_a_labeled_column_is_used_by_default_and_must_hold_booleans(pool, caplog
         with pytest.raises(
             InputError, match=r"record 'doc0'\) ?|'labeled' must be true or false, got 'yes'"
         ):
-            run_select(config_from_dict(job(root, budget=4, params=params)))
+            run_select(config_from_dict(job(root, budget=4, params=params)), overwrite=True)
     with pytest.raises(InputError, match=r"no record has a 'done' field"):
-        run_select(config_from_dict(job(root, budget=4, params={"labeled_field": "done"})))
+        config = config_from_dict(job(root, budget=4, params={"labeled_field": "done"}))
+        run_select(config, overwrite=True)
     pq.write_table(
         pa.table({"id": [r["id"] for r in records], "probs": probs.tolist(),
                   "is_labeled": [str(i < 4) for i in range(40)]}),
@@ -156,4 +158,4 @@ def test_a_labeled_column_is_used_by_default_and_must_hold_booleans(pool, caplog
     )  # fmt: skip
     params = {"probabilities": str(root / "preds.parquet"), "labeled_field": "is_labeled"}
     with pytest.raises(InputError, match=r"preds.parquet: row 0 \(id 'doc0'\): 'is_labeled' must"):
-        run_select(config_from_dict(job(root, budget=4, params=params)))
+        run_select(config_from_dict(job(root, budget=4, params=params)), overwrite=True)

@@ -96,7 +96,8 @@ def test_subset_equals_the_pure_core_on_the_same_vectors(bbc_job):
 
 def test_deduplicate_removes_exact_copies_before_selecting(bbc_job):
     root, data = bbc_job
-    manifest = run_select(with_selection(data, deduplicate=True, budget="100%", join_records=False))
+    config = with_selection(data, deduplicate=True, budget="100%", join_records=False)
+    manifest = run_select(config, overwrite=True)  # the subset dir of the first test
     texts = [r["text"] for r in read_jsonl(root / "pool.jsonl")]
     # The BBC corpus itself repeats some articles, besides the copy added here.
     assert manifest["counts"]["excluded_duplicates"] == len(texts) - len(set(texts)) >= 1
@@ -107,6 +108,7 @@ def test_deduplicate_removes_exact_copies_before_selecting(bbc_job):
 
 def test_bad_selection_configs_fail_with_clear_messages(bbc_job, tmp_path):
     root, data = bbc_job
+    data = {**data, "selection": {**data["selection"], "output": str(tmp_path / "subset")}}
     with pytest.raises(ConfigError, match="selection.budget: 500 is larger than the pool"):
         run_select(with_selection(data, budget=500))
     (tmp_path / "empty.jsonl").write_text("")
@@ -206,7 +208,10 @@ def test_coreset_over_the_pool_embeddings_equals_the_core(bbc_job, tmp_path, cap
     assert manifest["counts"]["candidates"] == len(ids) - 3
 
 
-def test_per_class_budget_needs_probabilities(bbc_job):
+def test_per_class_budget_needs_probabilities(bbc_job, tmp_path):
     root, data = bbc_job
+    config = with_selection(
+        data, selector="random", budget="per_class", params={}, output=str(tmp_path / "s")
+    )
     with pytest.raises(ConfigError, match="per_class needs a selector over probabilities"):
-        run_select(with_selection(data, selector="random", budget="per_class", params={}))
+        run_select(config)

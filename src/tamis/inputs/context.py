@@ -109,8 +109,13 @@ def input_loader(name: str) -> Callable[[Loader], Loader]:
     return register
 
 
-def load_inputs(ctx: StageContext, needs: frozenset[str] | set[str]) -> SelectionInputs:
-    """Run the loader of every needed input, the pool input's first."""
+def load_inputs(
+    ctx: StageContext,
+    needs: frozenset[str] | set[str],
+    after_pool: Callable[[SelectionInputs], None] | None = None,
+) -> SelectionInputs:
+    """Run the loader of every needed input, the pool input's first (then `after_pool`, a
+    check that needs only the pool, before slower inputs such as query sets to embed)."""
     unknown = sorted(set(needs) - set(LOADERS))
     if unknown:
         raise ConfigError(f"{ctx.key}: no loader for input(s) {unknown}; known: {sorted(LOADERS)}")
@@ -119,7 +124,10 @@ def load_inputs(ctx: StageContext, needs: frozenset[str] | set[str]) -> Selectio
     inputs = SelectionInputs(ids=pa.array([], pa.string()))
     rest = [n for n in LOAD_ORDER if n in needs and n != ctx.pool_input]
     rest += sorted(n for n in needs if n not in LOAD_ORDER and n != ctx.pool_input)
-    for name in [ctx.pool_input, *rest]:
+    LOADERS[ctx.pool_input](ctx, inputs)
+    if after_pool is not None:
+        after_pool(inputs)
+    for name in rest:
         LOADERS[name](ctx, inputs)
     return inputs
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import logging
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from tamis.config import Config, ConfigError, PoolConfig, QuerySource, RunnerConfig, require
@@ -26,7 +30,9 @@ from tamis.inputs.context import (
     input_loader,
     params_value,
 )
-from tamis.records import InputError
+from tamis.records import InputError, InputFile, content_digest, resolve_inputs
+
+log = logging.getLogger(__name__)
 
 
 def pool_embeddings_dir(config: Config) -> tuple[str, dict]:
@@ -48,10 +54,69 @@ def load_pool_embeddings(ctx: StageContext, inputs: SelectionInputs) -> None:
         raise InputError(
             f"embedding.output: {pool_dir} holds other ids than the pool ({ctx.pool_input})"
         )
+    if ctx.pool_input == EMBEDDINGS and ctx.config.pool is not None:
+        check_pool_was_embedded(ctx.config.pool, pool_dir, manifest, ids)
     inputs.dim = manifest["model"].get("dim")
     inputs.blocks = lambda: finite_blocks(pool_dir, ids)
     inputs.index = ctx.config.index
     inputs.origin["embeddings"] = {"path": pool_dir, "fingerprint": manifest.get("fingerprint")}
+
+
+def check_pool_was_embedded(
+    pool: PoolConfig, pool_dir: str, manifest: dict, embedded_ids: pa.Array
+) -> None:
+    """`pool.path` must hold the records embedded into `pool_dir` (the subset joins them;
+    labels and texts are read from them). Same content as the embed manifest records: fine.
+    Other content (e.g. labels updated between active-learning rounds): its ids must be the
+    embedded ones, else an InputError. Manifests without digests (imported vectors, older
+    tamis) are not checked."""
+    recorded = [i.get("digest") for i in manifest.get("inputs", []) if isinstance(i, dict)]
+    if not recorded or not all(recorded):
+        return
+    try:
+        now = [_digest(i) for i in resolve_inputs(pool.path, pool.format)]
+    except InputError as err:
+        raise InputError(f"pool.path: {err}") from None
+    if sorted(now) == sorted(recorded):
+        return
+    from tamis.records import iter_pool_records
+
+    pool_ids = pa.array([r.id for r in iter_pool_records(pool)], pa.string())
+    unknown = pc.invert(pc.is_in(embedded_ids, value_set=pool_ids))
+    n_unknown = pc.sum(unknown).as_py() or 0
+    not_embedded = len(pool_ids) - (len(embedded_ids) - n_unknown)
+    rejected = manifest.get("counts", {}).get("rejected", 0)
+    if n_unknown or not_embedded > rejected:
+        shown = ", ".join(repr(i) for i in embedded_ids.filter(unknown).to_pylist()[:5])
+        detail = (
+            f"{n_unknown} embedded ids are not in it ({shown})"
+            if n_unknown
+            else f"it has {not_embedded} records that were not embedded"
+        )
+        raise InputError(
+            f"pool.path: {pool.path} is not the pool embedded into {pool_dir}: {detail}; "
+            "point pool.path at that pool, or embed this one (tamis embed) into another "
+            "embedding.output"
+        )
+    log.info(
+        "pool.path %s changed since it was embedded (same ids); texts edited since then "
+        "keep their old vectors until tamis embed runs again",
+        pool.path,
+    )
+
+
+def _digest(source: InputFile) -> str:
+    """content_digest, once per process for an unchanged local file (a recipe's stages
+    each check the pool)."""
+    if "://" in source.path or not os.path.isfile(source.path):
+        return content_digest(source)
+    stat = os.stat(source.path)
+    return _cached_digest(source, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_digest(source: InputFile, size: int, mtime_ns: int) -> str:
+    return content_digest(source)
 
 
 def non_finite_error(where: str, ids: Sequence[str] | pa.Array, rows: np.ndarray) -> InputError:
@@ -121,6 +186,17 @@ def query_embeddings(
             "rejected": manifest["counts"]["rejected"],
         }
         where = source.path
+        rejected = manifest["counts"]["rejected"]
+        if rejected:  # the run goes on with the valid queries: say so where it is seen
+            reasons = ", ".join(
+                f"{k} {v}" for k, v in manifest["counts"]["rejected_by_reason"].items()
+            )
+            log.warning(
+                "%s: %d of %d query records rejected (%s), selecting with the other %d; "
+                "see %s",
+                key, rejected, manifest["counts"]["records"], reasons,
+                manifest["counts"]["embedded"], FileSystems.join(output, "rejected.jsonl"),
+            )  # fmt: skip
     if len(vectors) == 0:
         raise ConfigError(f"{key}: no valid records in {where}")
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))

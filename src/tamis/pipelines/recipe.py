@@ -11,7 +11,8 @@ Resuming: each stage's manifest holds a fingerprint of its config, of the files 
 of the stage before it. A re-run skips a finished stage whose fingerprint is unchanged; a
 changed stage reruns, and with it every later one. A stage killed midway has no manifest
 and runs again from the start (and so do the stages after it). tamis's own version is part
-of the fingerprint; `tamis select --overwrite` reruns every stage.
+of the fingerprint; `tamis select --rerun` reruns every stage. A recipe dir whose stages
+were made by a different config is refused unless ``--overwrite`` (`select.check_select_outputs`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 import tamis
-from tamis.config import Config, RecipeStageConfig, require
+from tamis.config import Config, RecipeStageConfig, SelectionConfig, require
 from tamis.pipelines.embed import versions
 from tamis.pipelines.stage import (
     MANIFEST,
@@ -108,7 +109,9 @@ def _paths_in(value: Any) -> list[str]:
     return []
 
 
-def stage_fingerprint(config: Config, stage: RecipeStageConfig, previous: str) -> str:
+def stage_fingerprint(
+    config: Config, stage: RecipeStageConfig | SelectionConfig, previous: str
+) -> str:
     """A hash of what decides the stage's result: its own keys, the sections its inputs
     come from, the content of every file they name, and the previous stage's fingerprint."""
     sections = {
@@ -128,6 +131,15 @@ def stage_fingerprint(config: Config, stage: RecipeStageConfig, previous: str) -
     sections["files"] = {path: path_fingerprint(path) for path in sorted(set(files))}
     text = json.dumps(sections, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stage_fingerprints(config: Config, plans: list[StagePlan]) -> list[str]:
+    """Each stage's fingerprint, chained (a stage's includes the one before it)."""
+    fingerprints: list[str] = []
+    for plan in plans:
+        previous = fingerprints[-1] if fingerprints else ""
+        fingerprints.append(stage_fingerprint(config, plan.spec, previous))
+    return fingerprints
 
 
 def finished_manifest(directory: str, fingerprint: str) -> dict | None:
@@ -167,12 +179,10 @@ def run_recipe(
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
     previous: KeptItems | None = None
-    previous_fingerprint = ""
     funnel: list[dict] = []
     pool = None
     # Once a stage runs, every later one runs too.
-    for plan in plans:
-        fingerprint = stage_fingerprint(config, plan.spec, previous_fingerprint)
+    for plan, fingerprint in zip(plans, stage_fingerprints(config, plans), strict=True):
         manifest = None if rerun else finished_manifest(plan.output, fingerprint)
         skipped = manifest is not None
         rerun = not skipped
@@ -202,7 +212,7 @@ def run_recipe(
         )
         if on_stage is not None:
             on_stage(plan, manifest, skipped)
-        previous, previous_fingerprint = kept, fingerprint
+        previous = kept
 
     final = read_table_files(FileSystems.join(plans[-1].output, SUBSET_PARQUET))
     fields = record_fields(config, set(final.column("id").to_pylist())) if (

@@ -186,7 +186,7 @@ def run_stage(
 def _run_stage(config, plan, ctx, previous, beam_args, fingerprint, started) -> dict:
     selector, spec = plan.selector, plan.spec
     needs = set(selector.needs) | ({TEXTS} if spec.deduplicate else set())
-    inputs = load_inputs(ctx, needs)
+    inputs = load_inputs(ctx, needs, lambda pool: budget_fits(selector, spec.budget, pool))
     excluded, exclusion_counts = candidate_exclusions(plan, inputs, previous)
     inputs.excluded = np.flatnonzero(excluded) if excluded.any() else None
     budget = selector.resolve_budget(spec.budget, inputs)
@@ -220,6 +220,20 @@ def _run_stage(config, plan, ctx, previous, beam_args, fingerprint, started) -> 
                        fingerprint)  # fmt: skip
 
 
+def budget_fits(selector: Selector, budget: Any, pool: Any) -> None:
+    """The budget against the whole pool, as soon as the pool is known (before query sets
+    are embedded): candidates are never more, so a budget too large now stays too large."""
+    if budget == "per_class":  # needs the probabilities, loaded later
+        return
+    try:
+        selector.resolve_budget(budget, pool)
+    except ConfigError as err:
+        if "budget" in str(err):
+            raise
+    except Exception:  # noqa: BLE001 (it needs an input not loaded yet: checked later)
+        return
+
+
 def carried_weights(selection: Selection, previous: KeptItems) -> np.ndarray:
     """This stage's weights times the weights the previous stage gave the same ids."""
     ids = pa.array(selection.ids, pa.string())
@@ -232,12 +246,29 @@ def carried_weights(selection: Selection, previous: KeptItems) -> np.ndarray:
 
 
 def record_fields(config: Config, wanted: set[str]) -> dict[str, dict]:
-    """id -> whole pool record for the wanted ids (one pass over the pool)."""
+    """id -> whole pool record for the wanted ids (one pass over the pool). A wanted id that
+    two records share is an error: the subset could not say which record it is."""
     pool = require(config.pool, "pool")
-    found = {}
+    found: dict[str, dict] = {}
+    where: dict[str, str] = {}
     for record in iter_pool_records(pool, keep_fields=True):
-        if record.id in wanted and record.id not in found:
-            found[record.id] = record.fields
+        if record.id not in wanted:
+            continue
+        if record.id in found:
+            raise InputError(
+                f"pool.path: id {record.id!r} is used by two records ({where[record.id]} and "
+                f"{record.source}:{record.line}), so the subset cannot join its record; give "
+                "every record its own id (pool.id_field) and embed again"
+            )
+        found[record.id] = record.fields
+        where[record.id] = f"{record.source}:{record.line}"
+    if len(found) < len(wanted):
+        missing = sorted(wanted - set(found))
+        shown = ", ".join(repr(m) for m in missing[:5])
+        raise InputError(
+            f"pool.path: {len(missing)} of the {len(wanted)} selected ids have no record in "
+            f"{pool.path} ({shown}); is it the pool that was embedded?"
+        )
     return found
 
 

@@ -2,7 +2,7 @@
 
 Locally tamis uses FnApiRunner directly: Beam's default DirectRunner first tries to download
 a Prism binary, which fails offline. `runner.num_workers > 1` runs FnApiRunner with that
-many worker processes (multi_processing).
+many worker processes (as Beam's multi_processing mode, through `tamis.runners.sdk_worker`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,39 @@ def accelerator_service_option(accelerator: str) -> str:
     return f"worker_accelerator=type:{match['type']};count:{count};install-nvidia-driver"
 
 
+def beam_option_names() -> set[str]:
+    """Every --flag of the PipelineOptions classes Beam has loaded (runners' included)."""
+    import argparse
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
+
+    parser = argparse.ArgumentParser(conflict_handler="resolve", add_help=False)
+    for cls in set(subclasses(PipelineOptions)):
+        try:
+            cls._add_argparse_args(parser)
+        except Exception:  # noqa: BLE001 (a third-party options class; its flags go unchecked)
+            continue
+    return {f for a in parser._actions for f in a.option_strings if f.startswith("--")}
+
+
+def check_beam_flags(flags: list[str], own_flags: list[str]) -> None:
+    """Flags tamis does not take go to Beam; one that neither knows is a typo: refused with
+    the closest name (Beam itself would ignore it, e.g. a mistyped --strict)."""
+    import difflib
+
+    known = beam_option_names()
+    for flag in flags:
+        if not flag.startswith("--"):
+            continue
+        name = flag.split("=", 1)[0]
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, [*own_flags, *sorted(known)], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown flag {name} (not a tamis or Beam option){hint}")
+
+
 def _flag(name: str, value: Any) -> list[str]:
     return [] if value is None else [f"--{name}={value}"]
 
@@ -37,10 +70,8 @@ def _flag(name: str, value: Any) -> list[str]:
 def runner_flags(cfg: RunnerConfig, job_name: str | None = None) -> list[str]:
     """Beam command-line flags for the configured runner (before the user's own flags)."""
     if cfg.name == "local":
-        flags = ["--direct_num_workers", str(cfg.num_workers)]
-        mode = "multi_processing" if cfg.num_workers > 1 else "in_memory"
-        flags += ["--direct_running_mode", mode]
-        return flags
+        # More than one worker: worker processes, started by make_runner's environment.
+        return ["--direct_num_workers", str(cfg.num_workers)]
     if cfg.name == "dataflow":
         flags = ["--runner=DataflowRunner"]
         flags += _flag("project", cfg.project)
@@ -76,5 +107,19 @@ def make_runner(cfg: RunnerConfig, beam_args: list[str] | None = None, job_name:
     if cfg.name == "local" and not any(f.startswith("--runner") for f in flags):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        runner = FnApiRunner()
+        runner = FnApiRunner(default_environment=_worker_environment(cfg.num_workers))
     return runner, options
+
+
+def _worker_environment(num_workers: int):
+    """Several workers: subprocesses running tamis's wrapper of Beam's harness (what
+    ``--direct_running_mode multi_processing`` starts, quiet when interrupted); one: None,
+    Beam's in-process worker."""
+    if num_workers <= 1:
+        return None
+    import sys
+
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    command = f"exec {sys.executable} -m tamis.runners.sdk_worker"
+    return SubprocessSDKEnvironment.from_command_string(command_string=command)

@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 
 from tamis.config import RunnerConfig
 from tamis.embeddings.store import part_offsets, read_part
+from tamis.inputs.embeddings import non_finite_error
 from tamis.records import read_json, write_json_atomic
 from tamis.runners.options import make_runner
 from tamis.selectors.rds_core import RdsPicks, merge_candidates, shard_candidates
@@ -36,6 +37,9 @@ class ScoreShard(beam.DoFn):
     def process(self, part: tuple[str, int], queries: list, excluded: list):
         path, offset = part
         block = read_part(path)
+        bad = np.flatnonzero(~np.isfinite(block.vectors).all(axis=1))
+        if len(bad):  # the local path refuses these too (inputs.embeddings.finite_blocks)
+            raise non_finite_error(f"embedding.output {path}", block.ids, bad)
         self.shards.inc()
         self.items.inc(len(block.ids))
         excluded_array = np.asarray(excluded, dtype=np.int64) if excluded else None
