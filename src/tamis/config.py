@@ -419,16 +419,21 @@ def require(value: Any, key: str) -> Any:
     return value
 
 
-def make_output_dir(path: str, key: str) -> None:
+def make_output_dir(path: str, key: str, create: bool = True) -> None:
     """Create the local output directory `path` (and its parents) for writing, or raise a
     ConfigError naming `key` when that cannot be: a file in the way (the path itself or one
     of its parents), or no permission. Remote paths (``gs://...``) are left to the caller:
-    object stores have no directories to make."""
+    object stores have no directories to make. `create=False`: check only (nothing made)."""
     if "://" in path:
         return
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{key}: {path} is a file, not a directory")
+    if not create:  # only check: the nearest existing ancestor must be a directory
+        ancestor = next((p for p in [target, *target.parents] if p.exists()), None)
+        if ancestor is not None and not ancestor.is_dir():
+            raise ConfigError(f"{key}: cannot create the directory {path}: {ancestor} is a file")
+        return
     try:
         target.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

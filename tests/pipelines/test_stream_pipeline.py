@@ -180,9 +180,11 @@ def test_bad_stream_configs_fail_clearly(items):
     pq.write_table(pa.table({"id": ["x"], "score": [0.3]}), root / "u.parquet")
     with pytest.raises(InputError, match=r"u.parquet: no probability column found"):
         run_select(config_from_dict(job(root, items=str(root / "u.parquet"))))
-    manifest = run_select(
-        config_from_dict(job(root, items=str(root / "u.parquet"), utility_field="score"))
-    )
+    other = job(root, items=str(root / "u.parquet"), utility_field="score")
+    with pytest.raises(InputError, match=r"1 of the 1 selected ids have no record in .*items"):
+        run_select(config_from_dict(other))  # joined: the items are not the pool's records
+    other["selection"]["join_records"] = False
+    manifest = run_select(config_from_dict(other))
     assert manifest["counts"]["items"] == 1
 
 

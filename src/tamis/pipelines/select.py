@@ -58,7 +58,7 @@ def check_select_outputs(config: Config, overwrite: bool = False) -> None:
         return
     selection = require(config.selection, "selection")
     output = require(selection.output, "selection.output")
-    make_output_dir(output, "selection.output")
+    make_output_dir(output, "selection.output", create=False)
     existing = _manifest_in(output)
     if existing is None:
         return
@@ -85,7 +85,7 @@ def check_select_outputs(config: Config, overwrite: bool = False) -> None:
 def _check_recipe_output(config: Config, overwrite: bool) -> None:
     recipe = require(config.recipe, "recipe")
     output = require(recipe.output, "recipe.output")
-    make_output_dir(output, "recipe.output")
+    make_output_dir(output, "recipe.output", create=False)
     if not os.path.isdir(output):
         return
     plans = plan_recipe(config)
