@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_error
 from tamis.cli import main as tamis_main
 from tamis.config import ConfigError, config_from_dict
 from tamis.pipelines.scaling import parse_count, run_fit
@@ -127,16 +128,6 @@ def test_scaling_law_selector_keeps_the_best_buckets(tmp_path, capsys):
     assert by_score["counts"]["selected"] == 10 and all(r["score"] == 0.0 for r in rows)
 
 
-def cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expecting exit 2 and one `tamis: error:` line (no traceback): the line."""
-    assert tamis_main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("tamis: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def scaling_job(tmp_path, observations: str) -> str:
     import yaml
 
@@ -201,7 +192,7 @@ FALLING = "a,1e6,0.5\na,2e6,0.4\n"
 )
 def test_bad_observation_files_fail_on_the_cli(tmp_path, capsys, name, text, needle):
     (tmp_path / name).write_text(text)
-    line = cli_error(capsys, ["scaling", "fit", scaling_job(tmp_path, str(tmp_path / name))])
+    line = cli_error(capsys, *["scaling", "fit", scaling_job(tmp_path, str(tmp_path / name))])
     assert f"{tmp_path / name}: " in line and needle in line
 
 
@@ -261,7 +252,7 @@ def test_bad_fits_are_refused_by_plan_and_by_the_selector(tmp_path, capsys, text
     (tmp_path / "out").mkdir()
     fit_path = tmp_path / "out" / "fit.json"
     fit_path.write_text(text)
-    line = cli_error(capsys, ["scaling", "plan", scaling_job(tmp_path, "unused.csv")])
+    line = cli_error(capsys, *["scaling", "plan", scaling_job(tmp_path, "unused.csv")])
     assert line.startswith(f"tamis: error: {fit_path}: ") and needle in line
     assert not (tmp_path / "out" / "plan.csv").exists()
     pool = [{"id": f"x{i}", "text": "t", "bucket": ["hi", "lo"][i % 2]} for i in range(6)]
@@ -275,7 +266,7 @@ def test_bad_fits_are_refused_by_plan_and_by_the_selector(tmp_path, capsys, text
         },
     }
     (tmp_path / "select.yaml").write_text(yaml.safe_dump(job))
-    line = cli_error(capsys, ["select", str(tmp_path / "select.yaml")])
+    line = cli_error(capsys, *["select", str(tmp_path / "select.yaml")])
     assert line.startswith(f"tamis: error: {fit_path}: ") and needle in line
 
 
@@ -308,5 +299,5 @@ def test_bad_bucketed_pools_are_named_by_file_line_id(tmp_path, capsys, rows, ne
         },
     }
     (tmp_path / "select.yaml").write_text(yaml.safe_dump(job))
-    line = cli_error(capsys, ["select", str(tmp_path / "select.yaml")])
+    line = cli_error(capsys, *["select", str(tmp_path / "select.yaml")])
     assert f"{tmp_path / 'pool.jsonl'}:2" in line and needle in line

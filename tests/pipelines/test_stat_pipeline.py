@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import write_jsonl
+from conftest import cli_error, write_jsonl
 from tamis.cli import main as tamis_main
 from tamis.config import ConfigError, config_from_dict
 from tamis.pipelines.select import run_select
@@ -169,16 +169,6 @@ def test_the_worked_example_runs_as_documented(tmp_path, capsys):
     assert all(r["note"].startswith("made-up student evaluation") for r in rows)
 
 
-def cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expecting exit 2 and one `tamis: error:` line (no traceback): the line."""
-    assert tamis_main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("tamis: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 # First rows without the column under test (Arrow's reader refuses a column whose type
 # changes between rows, naming the file: the row-by-row checks here come after it).
 BY_FLAG = {"id": "q1", "correct": False, "missing_skills": ["algebra"]}
@@ -212,7 +202,7 @@ def test_bad_evaluation_rows_are_named_by_file_line_id_and_key(
     root, job = stat_job
     write_jsonl(root / "evaluation.jsonl", [first, "", second])  # line 2 is blank
     (root / "job.yaml").write_text(yaml.safe_dump(job()))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert f"{root / 'evaluation.jsonl'}:3 (id 'q2'): " in line and needle in line
 
 
@@ -233,7 +223,7 @@ def test_bad_evaluation_files_fail_clearly(stat_job, capsys, rows, needle):
     root, job = stat_job
     write_jsonl(root / "evaluation.jsonl", rows)
     (root / "job.yaml").write_text(yaml.safe_dump(job()))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert str(root / "evaluation.jsonl") in line and needle in line
 
 
@@ -243,7 +233,7 @@ def test_empty_missing_skills_lists_are_no_missing_skills(stat_job, capsys):
     root, job = stat_job
     write_jsonl(root / "evaluation.jsonl", [{"id": "q1", "correct": False, "missing_skills": []}])
     (root / "job.yaml").write_text(yaml.safe_dump(job()))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert "selection.params.evaluation: no difficult question misses a skill" in line
     assert str(root / "evaluation.jsonl") in line
     (root / "job.yaml").write_text(yaml.safe_dump(job(mix_uniform=0.5)))
@@ -254,7 +244,7 @@ def test_empty_missing_skills_lists_are_no_missing_skills(stat_job, capsys):
     sample = job(mode="sample", mix_uniform=0.5)
     sample["selection"].update(budget=10, output=str(root / "sample"))
     (root / "job.yaml").write_text(yaml.safe_dump(sample))
-    assert "no difficult question misses" in cli_error(capsys, ["select", str(root / "job.yaml")])
+    assert "no difficult question misses" in cli_error(capsys, *["select", str(root / "job.yaml")])
 
 
 def test_evaluation_rows_in_parquet_are_named_by_row(stat_job, capsys):
@@ -271,7 +261,7 @@ def test_evaluation_rows_in_parquet_are_named_by_row(stat_job, capsys):
     )
     pq.write_table(table, root / "evaluation.parquet")
     (root / "job.yaml").write_text(yaml.safe_dump(job(evaluation=str(root / "evaluation.parquet"))))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert f"{root / 'evaluation.parquet'}: row 1 (id 'q2'): 'rewards' must be finite" in line
 
 
@@ -291,7 +281,7 @@ def test_bad_pool_skill_lists_are_named_by_file_line_id(stat_job, capsys, record
     # A first example without skills (null: none), a blank line, then the bad one.
     write_jsonl(root / "pool.jsonl", [{"id": "p0", "text": "t"}, "", record])
     (root / "job.yaml").write_text(yaml.safe_dump(job()))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert f"{root / 'pool.jsonl'}:3" in line and needle in line
 
 
@@ -303,5 +293,5 @@ def test_pools_without_any_skill_and_blank_aliases(stat_job, capsys):
     assert tamis_main(["select", str(root / "job.yaml")]) == 0
     capsys.readouterr()
     (root / "job.yaml").write_text(yaml.safe_dump(job(skill_aliases={"algebra": " "})))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert "selection.params.skill_aliases.algebra: must be a skill name" in line

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import write_jsonl
+from conftest import cli_error, write_jsonl
 from tamis.cli import main as tamis_main
 from tamis.config import ConfigError, config_from_dict
 from tamis.inputs import StageContext, load_inputs
@@ -188,16 +188,6 @@ def test_bad_stream_configs_fail_clearly(items):
     assert manifest["counts"]["items"] == 1
 
 
-def cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expecting exit 2 and one `tamis: error:` line (no traceback): the line."""
-    assert tamis_main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("tamis: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 @pytest.fixture()
 def saved_states(items):
     """A keyed biqf run's stream_state.json (biqf: windows and counters to corrupt)."""
@@ -276,11 +266,11 @@ def test_broken_resume_states_are_refused_naming_file_and_key(items, saved_state
     (root / "job.yaml").write_text(yaml.safe_dump(resume))
     for text, message in broken_states(saved_states):
         state.write_text(text)
-        line = cli_error(capsys, ["select", str(root / "job.yaml")])
+        line = cli_error(capsys, *["select", str(root / "job.yaml")])
         assert line.startswith(f"tamis: error: {state}: ") and message in line, (text, line)
         assert not (root / "out" / "manifest.json").exists()
     state.unlink()  # a missing file was a FileNotFoundError traceback
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert f"{state}: cannot read the stream state" in line
     # A valid state still resumes, and the manifest says how many sub-streams did.
     state.write_text(json.dumps(saved_states))
@@ -303,7 +293,7 @@ def test_resume_states_of_another_keying_or_dimension_are_refused(items, capsys)
         resume = job(root, strategy="dbal", resume=str(path), **params)
         resume["selection"]["output"] = str(root / f"resumed_{state}")
         (root / "job.yaml").write_text(yaml.safe_dump(resume))
-        line = cli_error(capsys, ["select", str(root / "job.yaml")])
+        line = cli_error(capsys, *["select", str(root / "job.yaml")])
         assert f"selection.params.resume: {path} holds the state of a run with" in line
     # dbal's window of 4-dimensional vectors against 3-dimensional items: a ValueError deep
     # in the decider before.
@@ -314,7 +304,7 @@ def test_resume_states_of_another_keying_or_dimension_are_refused(items, capsys)
     (root / "state3.json").write_text(json.dumps(states))
     resume = job(root, strategy="dbal", key_field="team", resume=str(root / "state3.json"))
     (root / "job.yaml").write_text(yaml.safe_dump(resume))
-    line = cli_error(capsys, ["select", str(root / "job.yaml")])
+    line = cli_error(capsys, *["select", str(root / "job.yaml")])
     assert re.search(r"state3.json: sub-stream '[ab]': embeddings: the window holds 3-dim", line)
 
 
@@ -350,5 +340,5 @@ def test_bad_stream_items_are_named_by_row_id_and_key(tmp_path, capsys, second, 
         write_jsonl(path, [first, {**ITEM, "id": "q1", **second}])
     config = job(tmp_path, items=str(path), **params)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
-    line = cli_error(capsys, ["select", str(tmp_path / "job.yaml")])
+    line = cli_error(capsys, *["select", str(tmp_path / "job.yaml")])
     assert line.startswith(f"tamis: error: {path}: ") and message in line, line
