@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 
 from tamis.config import Config, ConfigError, load_config
@@ -324,23 +323,6 @@ def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-_BAD_RECORD = re.compile(r"BadRecordError: (.+)")
-_INPUT_ERROR = re.compile(r"(?:InputError|ConfigError): (.+?)(?: \[while running '[^\]]*'\])*$")
-
-
-def _pipeline_error_message(err: BaseException) -> str | None:
-    """Beam wraps worker exceptions; dig out the message of one of ours."""
-    text = str(err)
-    match = _BAD_RECORD.search(text)
-    if match:
-        return f"bad record (strict mode): {match.group(1).strip()}"
-    for line in text.splitlines():
-        match = _INPUT_ERROR.search(line.strip())
-        if match:
-            return match.group(1).strip()
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -404,9 +386,11 @@ def _main(argv: list[str] | None) -> int:
                 f"tamis: interrupted; {_RESUME.get(args.verb, 'nothing was kept')}", file=sys.stderr
             )
             return 130
-        message = _pipeline_error_message(err)
-        if message is not None:
-            print(f"tamis: error: {message}", file=sys.stderr)
+        from tamis.pipelines.embed import pipeline_error
+
+        ours = pipeline_error(err)  # Beam wraps worker exceptions: the tamis error inside
+        if ours is not None:
+            print(f"tamis: error: {ours}", file=sys.stderr)
             return 2
         if args.verbose:
             raise
