@@ -21,7 +21,10 @@ Mining and estimation: the real ``tamis select`` stage (selector ``cet``) over t
 embeddings, top ``--k`` (100) candidates per query, the query's own hit dropped. Variants:
 
 - ``em``: method em with provenance and ``judged_depth`` (judged-not-relevant candidates
-  are then known negatives);
+  are then known negatives; auto relevance features: score, log_rank, pool_rank_summary);
+- ``em_score_rank``: the same with ``relevance_features: [score, log_rank]`` (the default
+  before pool_rank_summary);
+- ``em_pool_ranks``: the same with ``[score, log_rank, pool_ranks]`` (per-retriever ranks);
 - ``cet``: method cet, same inputs;
 - ``em_no_provenance``: method em with qrels alone (constant propensity).
 
@@ -65,7 +68,18 @@ from tamis.pipelines.embed import write_vectors_dir
 
 BENCH = "cet_bbc"
 RESULTS = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
-VARIANTS = ("em", "cet", "em_no_provenance")
+# Variant -> selector parameters beyond qrels and k; "pool" adds provenance and judged_depth.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "em": {"method": "em", "pool": True},
+    "em_score_rank": {"method": "em", "pool": True, "relevance_features": ["score", "log_rank"]},
+    "em_pool_ranks": {
+        "method": "em",
+        "pool": True,
+        "relevance_features": ["score", "log_rank", "pool_ranks"],
+    },
+    "cet": {"method": "cet", "pool": True},
+    "em_no_provenance": {"method": "em", "pool": False},
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +107,9 @@ def run_variant(
     params: dict[str, Any] = {"qrels": qrels, "k": args.k}
     if args.iterations is not None:
         params["iterations"] = args.iterations
-    if variant in ("em", "cet"):
-        params.update(method=variant, provenance=provenance, judged_depth=args.judged_depth)
+    params.update({k: v for k, v in VARIANTS[variant].items() if k != "pool"})
+    if VARIANTS[variant]["pool"]:
+        params.update(provenance=provenance, judged_depth=args.judged_depth)
     config = config_from_dict(
         {
             "embedding": {"output": corpus},

@@ -36,9 +36,12 @@ judged pairs, provenance, judged_depth as Arrow tables, as ``load_retrieval`` gi
 then ``CetSelector.estimate`` (``validate()`` first), parameters at their defaults but for:
 
 - ``em``: method em (auto relevance features: score, log_rank and, with the judged pool
-  known, pool_ranks);
+  known, pool_rank_summary: the best and worst log rank over the pool retrievers and how
+  many did not rank the candidate);
 - ``em_score_rank``: method em with ``relevance_features: [score, log_rank]``, the features
-  em used before pool_ranks (its results equal the old default's, up to EM iterations);
+  em used by default before pool_rank_summary;
+- ``em_pool_ranks``: method em with ``[score, log_rank, pool_ranks]`` (per pool retriever
+  its log rank and a did-not-rank indicator);
 - ``cet``: method cet (auto: score, log_rank).
 
 Scores, over the mined candidates that are unlabelled and were not judged (the ones whose
@@ -71,6 +74,7 @@ TARGET_ECE = 0.02
 METHODS = {
     "em": {"method": "em"},
     "em_score_rank": {"method": "em", "relevance_features": ["score", "log_rank"]},
+    "em_pool_ranks": {"method": "em", "relevance_features": ["score", "log_rank", "pool_ranks"]},
     "cet": {"method": "cet"},
 }
 
@@ -364,7 +368,11 @@ def print_table(rows: list[dict[str, Any]], methods: list[str]) -> None:
     head = "".join(f"{m + ' ECE':>19}{'AUC':>7}" for m in methods)
     print(f"\n{'world':<18}{'FN rate':>8}{'oracle':>8}{head}")
     for row in rows:
-        cells = "".join(f"{row[m]['ece']:>19.4f}{row[m]['auc']:>7.3f}" for m in methods)
+        cells = "".join(
+            f"{row[m]['ece']:>19.4f}{row[m]['auc']:>7.3f}" if row[m]["ece"] is not None
+            else f"{'-':>19}{'-':>7}"
+            for m in methods
+        )  # fmt: skip
         name = row["world"]["name"] + ("" if row["world"]["target"] else " *")
         facts = row["facts"]
         print(f"{name:<18}{facts['false_negative_rate_unjudged']:>8.3f}"
@@ -399,6 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from tamis.config import ConfigError
     from tamis.selectors.cet import CetSelector
 
     # The column whose parameters are the selector's defaults.
@@ -417,12 +426,18 @@ def main(argv: list[str] | None = None) -> int:
         }
         for method in args.methods:
             t1 = time.perf_counter()
-            _, candidates, result = estimate(prepared, method, args.seed)
+            try:
+                _, candidates, result = estimate(prepared, method, args.seed)
+            except ConfigError as err:  # e.g. pool_ranks asked for without the judged pool
+                row[method] = {"ece": None, "auc": None, "not_run": str(err)}
+                continue
             row[method] = {**scores(prepared, candidates, result),
                            "seconds": round(time.perf_counter() - t1, 2)}  # fmt: skip
         rows.append(row)
         cells = "  ".join(
             f"{m} ECE {row[m]['ece']:.4f} AUC {row[m]['auc']:.4f} ({row[m]['seconds']:.1f}s)"
+            if row[m]["ece"] is not None
+            else f"{m} not run"
             for m in args.methods
         )
         print(

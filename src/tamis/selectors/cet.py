@@ -18,11 +18,9 @@ Two methods: ``em`` (selected-at-random PU EM, logistic f and e; calibrated; the
 and ``cet`` (the reference's coupled reweighted updates of two scorers; their scores are
 then calibrated by the same EM with each model's score as its only feature, because CET's
 pairwise losses leave the scores without a probability scale). With the judged pool known,
-em's relevance model can also see the pool retrievers' ranks (``relevance_features: [score,
-log_rank, pool_ranks]``): on planted-topic worlds p_false_negative of the unjudged
-candidates is then calibrated (bench/cet_calibration.py: ECE <= 0.015 over 10 worlds, 0.012-
-0.134 without), but on the BBC sample it kept same-topic articles as hard negatives, so it is
-not the default.
+em's relevance model also sees a summary of the pool retrievers' ranks
+(``pool_rank_summary``; see `CetSelector.relevance_features` for why, and
+bench/cet_calibration.py and bench/cet_bbc.py for the measurements).
 
 The estimation is arrays in, arrays out; `select` mines the candidates with the FAISS layer
 (on Beam workers with `select_distributed`), labels them (`cet_candidates`) and estimates.
@@ -61,32 +59,43 @@ from tamis.selectors.cet_candidates import (
 )
 from tamis.selectors.cet_core import fit_coupled, fit_sar_em, sar_probabilities
 
-RELEVANCE_FEATURES = ("score", "log_rank", "score_gap", "pool_ranks")
+RELEVANCE_FEATURES = ("score", "log_rank", "score_gap", "pool_rank_summary", "pool_ranks")
+POOL_FEATURES = ("pool_rank_summary", "pool_ranks")  # need provenance and the judged pool
 CANDIDATES = "candidates.parquet"
 REVIEW_PARQUET = "review_queue.parquet"
 REVIEW_JSONL = "review_queue.jsonl"
 
 
+def pool_log_ranks(candidates: CandidateArrays, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log rank, unranked) per candidate and pool retriever: the log of the candidate's rank
+    in the retriever's list, log(longest rank seen + 1) where it did not rank it."""
+    if candidates.provenance_ranks is None:
+        raise ConfigError(f"selection.params.relevance_features: {name} needs provenance")
+    ranks = candidates.provenance_ranks.astype(np.float64)
+    unranked = ranks <= 0
+    longest = np.where(unranked, 0, ranks).max(axis=0) if len(ranks) else 0
+    return np.log(np.where(unranked, longest + 1, np.maximum(ranks, 1))), unranked
+
+
 def relevance_feature_matrix(candidates: CandidateArrays, names: list[str]) -> np.ndarray:
     """Features of the relevance model f: what the mining retriever says about the pair
-    (``score``, ``log_rank``, ``score_gap``) and, with ``pool_ranks``, what the retrievers
-    that built the judged pool say: per retriever the log of the candidate's rank in its list
-    (log(longest rank seen + 1) where it did not rank it) and a did-not-rank indicator."""
+    (``score``, ``log_rank``, ``score_gap``) and what the retrievers that built the judged
+    pool say (log ranks as `pool_log_ranks` gives them): ``pool_rank_summary``, the best and
+    the worst log rank over the retrievers (one column with one retriever) and how many did
+    not rank it; ``pool_ranks``, per retriever its log rank and a did-not-rank indicator."""
     columns = []
     for name in names:
-        if name == "pool_ranks":
-            if candidates.provenance_ranks is None:
-                raise ConfigError(
-                    "selection.params.relevance_features: pool_ranks needs provenance"
-                )
-            ranks = candidates.provenance_ranks.astype(np.float64)
-            unranked = ranks <= 0
-            longest = np.where(unranked, 0, ranks).max(axis=0) if len(ranks) else 0
-            log_rank = np.log(np.where(unranked, longest + 1, np.maximum(ranks, 1)))
-            for j in range(ranks.shape[1]):
-                columns += [log_rank[:, j], unranked[:, j].astype(np.float64)]
-            continue
-        if name == "score":
+        if name in POOL_FEATURES:
+            log_rank, unranked = pool_log_ranks(candidates, name)
+            if name == "pool_rank_summary":
+                columns.append(log_rank.min(axis=1))
+                if log_rank.shape[1] > 1:
+                    columns.append(log_rank.max(axis=1))
+                columns.append(unranked.sum(axis=1).astype(np.float64))
+            else:
+                for j in range(log_rank.shape[1]):
+                    columns += [log_rank[:, j], unranked[:, j].astype(np.float64)]
+        elif name == "score":
             columns.append(candidates.score.astype(np.float64))
         elif name == "log_rank":
             columns.append(np.log(candidates.rank.astype(np.float64)))
@@ -159,16 +168,18 @@ class CetSelector(Selector):
         min_relevance: float = 1.0  # qrels rows below this are judged not relevant
         k: int = 100  # candidates mined per query
         method: Literal["em", "cet"] = "em"
-        # None (auto): score and log_rank, plus (method em) pool_ranks when the judged pool
-        # is known (judged_depth, judged pairs or qrels with relevance below min_relevance).
+        # None (auto): score and log_rank, plus (method em) pool_rank_summary when the judged
+        # pool is known (judged_depth, judged pairs or qrels with relevance below
+        # min_relevance).
         relevance_features: list[str] | None = None
         negative_weight: Literal["complement", "inverse_propensity"] = "complement"
         exclude_above: float = 0.5
         negatives_per_query: int = 8
         review_size: int = 1000
         drop_query_itself: bool = True  # a query that is a corpus document is not its own hit
-        # EM iterations at most (stops when no posterior moves 1e-4; with pool_ranks the BBC
-        # example takes 267, the planted-topic worlds of bench/cet_calibration.py < 100).
+        # EM iterations at most (stops when no posterior moves 1e-4; with the auto features
+        # the BBC example takes ~340, the planted-topic worlds of bench/cet_calibration.py
+        # 13-300).
         iterations: int = 1000
         # Fit the models on a seeded sample of whole queries holding about this many
         # candidates (all of them when there are fewer); every candidate is then scored.
@@ -202,35 +213,41 @@ class CetSelector(Selector):
                     f"selection.params.relevance_features: unknown feature {name!r}; "
                     f"known: {', '.join(RELEVANCE_FEATURES)}"
                 )
-        if "pool_ranks" in (p.relevance_features or []) and p.provenance is None:
-            raise ConfigError("selection.params.relevance_features: pool_ranks needs provenance")
+        for name in POOL_FEATURES:
+            if name in (p.relevance_features or []) and p.provenance is None:
+                raise ConfigError(f"selection.params.relevance_features: {name} needs provenance")
 
     def relevance_features(self, candidates: CandidateArrays) -> list[str]:
         """The relevance model's features: as configured, or (auto) score and log_rank, plus
-        for method em the pool retrievers' ranks when the judged pool is known.
+        for method em ``pool_rank_summary`` when the judged pool is known.
 
         Why: the pool retrievers' ranks say something about relevance that the mining score
-        does not (a relevant document they missed is rarer than the score alone suggests);
-        left out of f, p_false_negative of the unjudged candidates comes out 1.5-5x too high
-        (bench/cet_calibration.py). The selection model must keep a feature f lacks
-        (ALGORITHMS.md, CET): the judged indicator, known only with the judged pool; without
-        it the ranks stay the selection model's alone. Method cet keeps the reference's
-        split (its relevance model is the ranker, which sees the pair alone)."""
+        does not (a relevant document they both missed is rarer than the score alone
+        suggests); left out of f, p_false_negative of the unjudged candidates comes out
+        1.5-5x too high (bench/cet_calibration.py: ECE 0.012-0.134). The summary (best and
+        worst rank, how many retrievers missed it) rather than per-retriever ranks
+        (``pool_ranks``): both are calibrated on the planted-topic worlds (ECE <= 0.02),
+        but per-retriever coefficients add up the evidence of retrievers that are not
+        independent; on BBC News (TF-IDF and a truncated embedding, bench/cet_bbc.py) they
+        underestimate false negatives and keep same-topic articles as hard negatives, the
+        summary does not. The selection model must keep a feature f lacks (ALGORITHMS.md,
+        CET): the judged indicator, known only with the judged pool; without it the ranks
+        stay the selection model's alone. Method cet keeps the reference's split (its
+        relevance model is the ranker, which sees the pair alone)."""
         p = self.params
         names = p.relevance_features
         judged_known = candidates.judged is not None
         if names is None:
-            # pool_ranks is opt-in: calibrated on planted-topic worlds (ECE <= 0.015), but
-            # on the BBC sample (tests/data/test_pooled_judgements.py) it kept 56% same-topic
-            # articles among the hard negatives, where score and log_rank keep none.
-            return ["score", "log_rank"]
-        if "pool_ranks" in names and not judged_known:
-            raise ConfigError(
-                "selection.params.relevance_features: pool_ranks needs the judged pool "
-                "(judged_depth, judged, or qrels with a relevance column holding judged "
-                "non-relevant pairs): without it the selection model has no feature the "
-                "relevance model lacks and the propensity is not identifiable"
-            )
+            pool = ["pool_rank_summary"] if p.method == "em" and judged_known else []
+            return ["score", "log_rank", *pool]
+        for name in POOL_FEATURES:
+            if name in names and not judged_known:
+                raise ConfigError(
+                    f"selection.params.relevance_features: {name} needs the judged pool "
+                    "(judged_depth, judged, or qrels with a relevance column holding judged "
+                    "non-relevant pairs): without it the selection model has no feature the "
+                    "relevance model lacks and the propensity is not identifiable"
+                )
         return list(names)
 
     def estimate(
