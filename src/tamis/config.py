@@ -130,8 +130,11 @@ class RecipeConfig:
 
 @dataclass
 class RunnerConfig:
-    name: Literal["local", "dataflow", "flink", "spark"] = "local"
+    name: Literal["local", "dask", "dataflow", "flink", "spark"] = "local"
     num_workers: int = 1
+    # Dask: the scheduler of a running dask.distributed cluster ("tcp://host:8786"); without
+    # it a LocalCluster of num_workers processes is started for the job and closed after.
+    dask_address: str | None = None
     # Dataflow
     project: str | None = None
     region: str | None = None

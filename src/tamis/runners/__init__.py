@@ -1,1 +1,1 @@
-"""Beam PipelineOptions for each runner (local FnApiRunner, Dataflow, Flink, Spark)."""
+"""Beam PipelineOptions for each runner (local FnApiRunner, Dask, Dataflow, Flink, Spark)."""

@@ -72,6 +72,8 @@ def runner_flags(cfg: RunnerConfig, job_name: str | None = None) -> list[str]:
     if cfg.name == "local":
         # More than one worker: worker processes, started by make_runner's environment.
         return ["--direct_num_workers", str(cfg.num_workers)]
+    if cfg.name == "dask":
+        return []  # the runner object is make_runner's (dask_cluster.dask_runner)
     if cfg.name == "dataflow":
         flags = ["--runner=DataflowRunner"]
         flags += _flag("project", cfg.project)
@@ -108,6 +110,10 @@ def make_runner(cfg: RunnerConfig, beam_args: list[str] | None = None, job_name:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         runner = FnApiRunner(default_environment=_worker_environment(cfg.num_workers))
+    elif cfg.name == "dask":
+        from tamis.runners.dask_cluster import dask_runner
+
+        runner = dask_runner(cfg)
     return runner, options
 
 
