@@ -13,14 +13,20 @@ and a ``manifest.json``). Generating it takes a while, so it is cached in ``--da
 matches. Queries: 3 tasks x 200 normalised vectors, each task's near 4 of the centres.
 
 Sides, each in its own fresh subprocess with ``--threads`` BLAS / OpenMP / Arrow threads
-(default 2), timed over ``--repeats`` runs (median):
+(default 2), timed over ``--repeats`` runs (median); ``--rounds R`` runs the sides R
+times, in turn forward and backward, and pools each side's runs (median of all; on a
+shared machine the load drifts, and the sides then see the same drift):
 
-- tamis_rds: the production path, ``make_selector("rds", {})`` on ``read_ids`` and
-  ``iter_vector_blocks`` of the directory: ids and vectors are read from the Parquet
-  parts inside the timed region (from the page cache once the files have been read;
-  vectors straight from the data pages, see ``tamis.embeddings.parquet_pages``).
+- tamis_rds: the production path, ``make_selector("rds", {"device": "cpu"})`` (numpy) on
+  ``read_ids`` and ``iter_vector_blocks`` of the directory: ids and vectors are read from
+  the Parquet parts inside the timed region (from the page cache once the files have been
+  read; vectors straight from the data pages, see ``tamis.embeddings.parquet_pages``).
   After the timed runs one instrumented run splits the time into Parquet reading, the
   per-task GEMMs, the max over queries, top-k and the round robin.
+- tamis_rds_torch: the same with ``device: torch`` (torch's GEMM and max on the CPU, the
+  code path a GPU runs); its picks and task scores are compared with tamis_rds's.
+- tamis_rds_torch_bf16: ``device: torch, precision: bfloat16``: its time, and how many of
+  tamis_rds's picks it keeps (context: the cost of bfloat16 scores in picks).
 - reference_full_matrix: the reference's approach: the pool in RAM (loaded from the same
   parts; loading is not timed but its memory counts), S = Q_all @ P.T as one float32
   (600 x N) matrix, each task's max over its query rows, a full stable argsort per task
@@ -35,9 +41,10 @@ Sides, each in its own fresh subprocess with ``--threads`` BLAS / OpenMP / Arrow
 Memory: ``peak_rss_mib`` is the subprocess's peak RSS (VmHWM, see ``peak_rss_mib``) at the
 end of its timed runs, ``rss_above_baseline_mib`` the part above its peak after imports
 (before any data).
-Targets: tamis's RSS above baseline <= 1/10 of reference_full_matrix's, and tamis's time
-<= 1.5x numpy_gemm's. Results go to ``bench/results/rds_select.json`` (see DESIGN.md,
-"Tests and benchmarks").
+Targets: tamis's RSS above baseline <= 1/10 of reference_full_matrix's, tamis's time
+<= 1.5x numpy_gemm's, tamis_rds_torch's time <= 1.2x tamis_rds's with at least 99.9% of
+its picks (two float32 GEMMs round differently: near-ties may swap). Results go to
+``bench/results/rds_select.json`` (see DESIGN.md, "Tests and benchmarks").
 """
 
 from __future__ import annotations
@@ -82,9 +89,24 @@ COMMON_WEIGHT = 0.4  # a shared direction, as real sentence embeddings have (ani
 DATA_VERSION = 1
 MEMORY_TARGET = 0.1
 TIME_TARGET = 1.5
+TORCH_TARGET = 1.2  # torch on the CPU against numpy, same selection
+TORCH_OVERLAP = 0.999  # of numpy's picks (float32 rounding may swap near-ties)
 IVF_K = 10
 RESULTS = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
-SIDE_ORDER = ("tamis_rds", "numpy_gemm", "reference_full_matrix", "faiss_ivf")
+SIDE_ORDER = (
+    "tamis_rds",
+    "tamis_rds_torch",
+    "tamis_rds_torch_bf16",
+    "numpy_gemm",
+    "reference_full_matrix",
+    "faiss_ivf",
+)
+# The selector's scoring params of each tamis side.
+TAMIS_SIDES = {
+    "tamis_rds": {"device": "cpu"},
+    "tamis_rds_torch": {"device": "torch"},
+    "tamis_rds_torch_bf16": {"device": "torch", "precision": "bfloat16"},
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,11 +257,12 @@ def round_robin_full_sort(task_scores: list[np.ndarray], budget: int) -> np.ndar
     return np.asarray(picks, dtype=np.int64)
 
 
-def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def time_tamis(args: argparse.Namespace, work: Path, name: str) -> tuple[dict, Callable]:
+    """Time the rds selector with side `name`'s params on the Parquet parts; save its picks
+    as NAME_index.npy. Returns the timing and the pool's block iterator."""
     from tamis.embeddings.store import iter_vector_blocks, read_ids
     from tamis.selectors import make_selector
     from tamis.selectors.base import SelectionInputs
-    from tamis.selectors.rds import round_robin, top_k_indices
 
     baseline = peak_rss_mib()
     directory = str(args.data_dir)
@@ -248,20 +271,58 @@ def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     def blocks() -> Iterator[np.ndarray]:
         return iter_vector_blocks(directory)
 
-    def run() -> np.ndarray:
+    def run() -> tuple[np.ndarray, dict]:
         ids = read_ids(directory)
-        selector = make_selector("rds", {})
+        selector = make_selector("rds", TAMIS_SIDES[name])
         inputs = SelectionInputs(ids=ids, blocks=blocks, dim=DIM, queries=queries)
         selection = selector.select(inputs, budget=args.budget, seed=0)
-        return selection.index
+        return selection.index, selection.info
 
     seconds = []
     for rep in range(args.repeats):
-        s, index = timed(run)
+        s, (index, info) = timed(run)
         seconds.append(s)
-        print(f"    tamis_rds run {rep + 1}: {s:.2f}s", file=sys.stderr, flush=True)
-    np.save(work / "tamis_index.npy", index)
+        print(f"    {name} run {rep + 1}: {s:.2f}s", file=sys.stderr, flush=True)
+    np.save(work / f"{name}_index.npy", index)
     peak = peak_rss_mib()
+    result = {
+        **timing_result(args.n, seconds, peak, baseline),
+        "device": info["device"],
+        "precision": info["precision"],
+    }
+    return result, blocks
+
+
+def side_tamis_torch(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    return torch_side(args, work, "tamis_rds_torch")
+
+
+def side_tamis_torch_bf16(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    return torch_side(args, work, "tamis_rds_torch_bf16")
+
+
+def torch_side(args: argparse.Namespace, work: Path, name: str) -> dict[str, Any]:
+    """A tamis side on torch: its timing, torch's threads, and (untimed) its task scores."""
+    import torch
+
+    from tamis.selectors.rds import max_similarity_per_task
+
+    result, blocks = time_tamis(args, work, name)
+    scores = max_similarity_per_task(
+        blocks(), list(make_queries(args.seed).values()), "max", **TAMIS_SIDES[name]
+    )
+    np.save(work / f"{name}_scores.npy", scores)
+    return {**result, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from tamis.embeddings.store import iter_vector_blocks, read_ids
+    from tamis.selectors.rds import round_robin, top_k_indices
+
+    result, _ = time_tamis(args, work, "tamis_rds")
+    index = np.load(work / "tamis_rds_index.npy")
+    directory = str(args.data_dir)
+    queries = make_queries(args.seed)
 
     # One instrumented run of the same steps (RdsSelector.select with the default params:
     # max_similarity_per_task, then round_robin, whose first step is top_k_indices).
@@ -299,9 +360,9 @@ def side_tamis(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     phases["round_robin_loop_s"] = rr_s - phases["top_k_s"]  # round_robin repeats top-k
     phases["ids_of_picks_s"], _ = timed(lambda: [ids[i] for i in picks.index])
     phases["total_s"] = sum(phases.values())
-    np.save(work / "tamis_scores.npy", scores)
+    np.save(work / "tamis_rds_scores.npy", scores)
     return {
-        **timing_result(args.n, seconds, peak, baseline),
+        **result,
         "breakdown_one_run": {k: round(v, 3) for k, v in phases.items()},
         "breakdown_matches_selection": bool(np.array_equal(picks.index, index)),
         "breakdown_peak_rss_mib": peak_rss_mib(),
@@ -424,6 +485,8 @@ def side_ivf(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 SIDES: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "tamis_rds": side_tamis,
+    "tamis_rds_torch": side_tamis_torch,
+    "tamis_rds_torch_bf16": side_tamis_torch_bf16,
     "numpy_gemm": side_gemm,
     "reference_full_matrix": side_reference,
     "faiss_ivf": side_ivf,
@@ -446,10 +509,11 @@ def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     flags = ("n", "budget", "repeats", "repeats_a", "threads", "seed", "data_dir",
              "ivf_factory", "nprobe", "train_size")  # fmt: skip
     print(f"  {name} ...", flush=True)
-    result, _, _ = run_side_process(
+    result, before, after = run_side_process(
         str(Path(__file__).resolve()), name, work,
         {flag: getattr(args, flag) for flag in flags}, thread_env(args.threads),
     )  # fmt: skip
+    result["loadavg_1min_per_round"] = [[round(before[0], 2), round(after[0], 2)]]
     print(
         f"  {name}: {result['median_s']:.2f}s, peak RSS {result['peak_rss_mib']:.0f} MiB "
         f"({result['rss_above_baseline_mib']:.0f} above baseline)",
@@ -458,28 +522,53 @@ def spawn_side(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     return result
 
 
+def pooled(earlier: dict[str, Any] | None, result: dict[str, Any], n: int) -> dict[str, Any]:
+    """A side's result over the rounds so far: its timed runs pooled (median of all), the
+    peak memory the highest; other fields are the last round's."""
+    result["median_s_per_round"] = [result["median_s"]]
+    if earlier is None:
+        return result
+    runs = earlier["all_s"] + result["all_s"]
+    return {
+        **result,
+        "median_s": med(runs),
+        "items_per_s": round(n / statistics.median(runs), 1),
+        "all_s": runs,
+        "peak_rss_mib": max(earlier["peak_rss_mib"], result["peak_rss_mib"]),
+        "rss_above_baseline_mib": max(
+            earlier["rss_above_baseline_mib"], result["rss_above_baseline_mib"]
+        ),
+        "median_s_per_round": earlier["median_s_per_round"] + [result["median_s"]],
+        "loadavg_1min_per_round": earlier["loadavg_1min_per_round"]
+        + result["loadavg_1min_per_round"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks and report
 
 
-def compare_picks(work: Path) -> dict[str, Any]:
-    """tamis's picks against the reference's: equal, or where and how they differ."""
-    tamis = np.load(work / "tamis_index.npy")
-    ref = np.load(work / "reference_index.npy")
-    same = len(tamis) == len(ref) and bool(np.array_equal(tamis, ref))
-    out: dict[str, Any] = {"picks": len(tamis), "picks_equal": same}
+def compare_picks(work: Path, side: str, against: str) -> dict[str, Any]:
+    """One side's picks and task scores against another's (files NAME_index.npy and
+    NAME_scores.npy): equal, or where and how they differ."""
+    picks = np.load(work / f"{side}_index.npy")
+    ref = np.load(work / f"{against}_index.npy")
+    same = len(picks) == len(ref) and bool(np.array_equal(picks, ref))
+    common = len(set(picks.tolist()) & set(ref.tolist()))
+    out: dict[str, Any] = {"picks": len(picks), "picks_equal": same}
     if not same:
-        width = min(len(tamis), len(ref))
-        differ = np.flatnonzero(tamis[:width] != ref[:width])
-        out["same_set"] = set(tamis.tolist()) == set(ref.tolist())
-        out["common_items"] = len(set(tamis.tolist()) & set(ref.tolist()))
-        out["ranks_that_differ"] = int(len(differ) + abs(len(tamis) - len(ref)))
+        width = min(len(picks), len(ref))
+        differ = np.flatnonzero(picks[:width] != ref[:width])
+        out["same_set"] = set(picks.tolist()) == set(ref.tolist())
+        out["common_items"] = common
+        out["ranks_that_differ"] = int(len(differ) + abs(len(picks) - len(ref)))
         out["first_differing_rank"] = int(differ[0]) if len(differ) else width
-    t_scores = np.load(work / "tamis_scores.npy")
-    r_scores = np.load(work / "reference_scores.npy")
-    out["task_scores_bitwise_equal"] = bool(np.array_equal(t_scores, r_scores))
-    out["task_scores_differ_count"] = int((t_scores != r_scores).sum())
-    out["task_scores_max_abs_diff"] = float(f"{np.abs(t_scores - r_scores).max():.3g}")
+    out["pick_overlap"] = round(common / max(len(ref), 1), 4)
+    scores = np.load(work / f"{side}_scores.npy")
+    r_scores = np.load(work / f"{against}_scores.npy")
+    out["task_scores_bitwise_equal"] = bool(np.array_equal(scores, r_scores))
+    out["task_scores_differ_count"] = int((scores != r_scores).sum())
+    out["task_scores_max_abs_diff"] = float(f"{np.abs(scores - r_scores).max():.3g}")
     return out
 
 
@@ -520,6 +609,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=50_000, help="items to select")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side (median)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the sides this many times, in turn forward and backward, and pool each "
+        "side's runs (a shared, noisy machine)",
+    )
+    parser.add_argument(
         "--repeats-a", type=int, default=None, help="runs of reference_full_matrix (--repeats)"
     )
     parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP / Arrow threads")
@@ -540,8 +636,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < 1 or not 1 <= args.budget <= args.n:
         parser.error("need --n >= 1 and 1 <= --budget <= --n")
-    if args.repeats < 1 or (args.repeats_a is not None and args.repeats_a < 1):
-        parser.error("--repeats and --repeats-a must be >= 1")
+    if args.repeats < 1 or args.rounds < 1 or (args.repeats_a is not None and args.repeats_a < 1):
+        parser.error("--repeats, --rounds and --repeats-a must be >= 1")
     args.chosen_sides = chosen_sides(parser, args.sides, SIDE_ORDER)
     args.repeats_a = args.repeats if args.repeats_a is None else args.repeats_a
     args.data_dir = args.data_dir or default_data_dir(args.n, args.seed)
@@ -557,22 +653,26 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{BENCH}: pool {args.n} x {DIM}, {N_TASKS} tasks x {QUERIES_PER_TASK} queries, "
         f"budget {args.budget}, {args.threads} threads, {args.repeats} repeats "
-        f"({args.repeats_a} for reference_full_matrix)",
+        f"({args.repeats_a} for reference_full_matrix) x {args.rounds} round(s)",
         flush=True,
     )
     generate_s = ensure_data(args.data_dir, args.n, args.seed)
-    load_before = os.getloadavg()
+    load_before = tuple(round(x, 2) for x in os.getloadavg())
     results: dict[str, dict[str, Any]] = {}
     checks: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tamis-bench-rds-") as tmp:
         work = Path(tmp)
-        for name in sides:
-            results[name] = spawn_side(name, args, work)
+        for round_ in range(args.rounds):  # forward, backward, ...: drift hits all sides
+            for name in sides if round_ % 2 == 0 else sides[::-1]:
+                results[name] = pooled(results.get(name), spawn_side(name, args, work), args.n)
         if {"tamis_rds", "reference_full_matrix"} <= set(results):
-            checks["tamis_vs_reference"] = compare_picks(work)
+            checks["tamis_vs_reference"] = compare_picks(work, "tamis_rds", "reference")
+        for side in ("tamis_rds_torch", "tamis_rds_torch_bf16"):
+            if {"tamis_rds", side} <= set(results):
+                checks[f"{side}_vs_tamis_rds"] = compare_picks(work, side, "tamis_rds")
         if {"faiss_ivf", "numpy_gemm"} <= set(results):
             results["faiss_ivf"]["recall_at_10"] = ivf_recall(work)
-    load_after = os.getloadavg()
+    load_after = tuple(round(x, 2) for x in os.getloadavg())
 
     ratios: dict[str, float] = {}
     if {"tamis_rds", "reference_full_matrix"} <= set(results):
@@ -588,10 +688,19 @@ def main(argv: list[str] | None = None) -> int:
         ratios["time_tamis_over_gemm"] = round(
             results["tamis_rds"]["median_s"] / results["numpy_gemm"]["median_s"], 3
         )
+    for side, key in (
+        ("tamis_rds_torch", "time_torch_over_numpy"),
+        ("tamis_rds_torch_bf16", "time_torch_bf16_over_numpy"),
+    ):
+        if {"tamis_rds", side} <= set(results):
+            ratios[key] = round(results[side]["median_s"] / results["tamis_rds"]["median_s"], 3)
     met_memory = ratios.get("memory_tamis_over_reference", float("inf")) <= MEMORY_TARGET
     met_time = ratios.get("time_tamis_over_gemm", float("inf")) <= TIME_TARGET
     picks_equal = checks.get("tamis_vs_reference", {}).get("picks_equal", False)
-    met = met_memory and met_time and picks_equal
+    met_torch = ratios.get("time_torch_over_numpy", float("inf")) <= TORCH_TARGET
+    torch_overlap = checks.get("tamis_rds_torch_vs_tamis_rds", {}).get("pick_overlap", 0.0)
+    met_torch = met_torch and torch_overlap >= TORCH_OVERLAP
+    met = met_memory and met_time and picks_equal and met_torch
 
     print_table(results)
     if "breakdown_one_run" in results.get("tamis_rds", {}):
@@ -608,6 +717,19 @@ def main(argv: list[str] | None = None) -> int:
         f"ratios: {ratios}; memory target (<= {MEMORY_TARGET}) met: {met_memory}, "
         f"time target (<= {TIME_TARGET}x gemm) met: {met_time}, picks equal: {picks_equal}"
     )
+    if "time_torch_over_numpy" in ratios:
+        print(
+            f"device torch / numpy (cpu): {ratios['time_torch_over_numpy']}x "
+            f"with {torch_overlap:.2%} of its picks (target <= {TORCH_TARGET}x, >= "
+            f"{TORCH_OVERLAP:.1%}) met: {met_torch}"
+        )
+    if "tamis_rds_torch_bf16_vs_tamis_rds" in checks:
+        bf16 = checks["tamis_rds_torch_bf16_vs_tamis_rds"]
+        print(
+            f"bfloat16 on torch: {ratios['time_torch_bf16_over_numpy']}x numpy's time, "
+            f"keeps {bf16['pick_overlap']:.2%} of its picks"
+        )
+    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
     payload = {
         "params": {
             "n": args.n,
@@ -616,8 +738,10 @@ def main(argv: list[str] | None = None) -> int:
             "tasks": N_TASKS,
             "queries_per_task": QUERIES_PER_TASK,
             "budget": args.budget,
-            "selector": "rds, default params (max over queries, task round robin)",
+            "selector": "rds, max over queries, task round robin; device per side: "
+            + ", ".join(f"{k} {v}" for k, v in TAMIS_SIDES.items()),
             "repeats": args.repeats,
+            "rounds": args.rounds,
             "repeats_reference_full_matrix": args.repeats_a,
             "threads": args.threads,
             "seed": args.seed,
@@ -631,16 +755,20 @@ def main(argv: list[str] | None = None) -> int:
                 **data_stats(args.data_dir, args.seed),
             },
             "side_order": sides,
-            "timing_note": "tamis_rds times read_ids + make_selector + select, reading the "
-            "Parquet parts (warm page cache); reference_full_matrix and numpy_gemm time the "
-            "in-RAM computation only (pool loading untimed, its memory counted); faiss_ivf "
-            "median_s is build (reads the parts twice) + search",
+            "timing_note": "tamis_rds (device cpu: numpy), tamis_rds_torch (device torch) and "
+            "tamis_rds_torch_bf16 (device torch, precision bfloat16) time read_ids + "
+            "make_selector + select, reading the Parquet parts (warm page cache); "
+            "reference_full_matrix and numpy_gemm time the in-RAM computation only (pool "
+            "loading untimed, its memory counted); faiss_ivf median_s is build (reads the "
+            "parts twice) + search",
             "rss_note": "each side in a fresh subprocess; peak_rss_mib is the peak RSS "
             "(VmHWM; ru_maxrss would carry the parent's peak across exec) after the timed "
             "runs, rss_baseline_mib the peak after imports, before any data",
             "reference_note": "the reference also keeps per-pair Python dicts; this side "
             "does not, so it is a lower bound on the reference's memory and time",
-            "loadavg_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+            "loadavg_before_after": [load_before[0], load_after[0]],
+            "loadavg_1_5_15_before": list(load_before),
+            "loadavg_1_5_15_after": list(load_after),
             "checks": checks,
         },
         "results": results,
@@ -649,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
             "memory_tamis_over_reference": f"<= {MEMORY_TARGET}",
             "time_tamis_over_gemm": f"<= {TIME_TARGET}",
             "picks_equal": "tamis picks == reference_full_matrix picks",
+            "time_torch_over_numpy": f"<= {TORCH_TARGET}",
+            "torch_pick_overlap": f">= {TORCH_OVERLAP} of tamis_rds's picks",
         },
         "met": met,
     }

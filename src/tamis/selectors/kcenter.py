@@ -22,14 +22,13 @@ Ties go to the lowest pool position.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from tamis.device import resolve_device
 
 Metric = Literal["euclidean", "cosine"]
 METRICS = ("euclidean", "cosine")
@@ -110,7 +109,7 @@ def k_center_greedy(
         )
     if first is not None and (not 0 <= first < n or taken[first]):
         raise ValueError(f"first pick {first} is not a point that can be picked")
-    state = _ScreenedGreedy(x, metric, taken, resolve_device(device))
+    state = _ScreenedGreedy(x, metric, taken, resolve_device(device, "k-center screening GEMMs"))
     state.add_initial_centers(centers)
 
     index = np.empty(budget, dtype=np.int64)
@@ -148,24 +147,6 @@ def k_center_greedy(
         progress_bar.close()
     final = float(state.nearest.max()) if available > budget else 0.0
     return KCenterPicks(index, radius, final, state.exact_distances, state.look_aheads)
-
-
-def resolve_device(device: str) -> str:
-    """``cpu``, or the torch CUDA device the screening GEMMs should use; logs the choice."""
-    if device == "auto":
-        try:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # torch is a dependency, but the numpy path needs nothing else
-            device = "cpu"
-    elif device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"k-center device {device!r}: torch sees no CUDA GPU")
-    log.info("k-center: screening GEMMs on %s", device)
-    return device
 
 
 def pool_products(x: np.ndarray, device: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from tamis.config import ConfigError
+from tamis.device import DeviceError, check_device_name
 from tamis.selectors.base import (
     EMBEDDINGS,
     QUERY_EMBEDDINGS,
@@ -22,7 +23,10 @@ from tamis.selectors.base import (
 from tamis.selectors.rds_core import (  # noqa: F401  (the core's names, re-exported)
     AGGREGATIONS,
     BEST_TASK,
+    PRECISIONS,
+    QueryScorer,
     RdsPicks,
+    check_precision,
     max_similarity_per_task,
     merge_candidates,
     query_round_robin,
@@ -58,6 +62,24 @@ class RdsSelector(Selector):
         # The target tasks (names in the queries section), in round-robin order; default:
         # all of them, in their configured order.
         tasks: list[str] = field(default_factory=list)
+        # Where the scoring GEMMs run: auto (CUDA when torch sees a GPU, else numpy; torch on
+        # the CPU when precision is not float32), cpu (numpy), torch (torch on the CPU),
+        # cuda[:N]. On Beam, auto is resolved on each worker.
+        device: str = "auto"
+        # The GEMM's dtype: float32 (numpy's picks on every device, up to float32 rounding:
+        # near-ties may swap), or float16 / bfloat16 (torch devices only; scores rounded to
+        # that dtype, so some picks change: ~1% of them on the bench pool in bfloat16).
+        precision: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def validate(self) -> None:
+        try:
+            check_device_name(self.params.device)
+        except DeviceError as err:
+            raise ConfigError(f"selection.params.device: {err}") from None
+        try:
+            check_precision(self.params.device, self.params.precision)
+        except ValueError as err:
+            raise ConfigError(f"selection.params.precision: {err}") from None
 
     def select(self, inputs: SelectionInputs, budget: int, seed: int) -> Selection:
         if not inputs.queries:
@@ -65,16 +87,19 @@ class RdsSelector(Selector):
         names = list(inputs.queries)
         if self.params.query_round_robin:
             return self._query_round_robin(inputs, names, budget)
-        scores = max_similarity_per_task(
-            inputs.blocks(), [inputs.queries[t] for t in names], self.params.aggregation
-        )
+        scorer = self.scorer([inputs.queries[t] for t in names])
+        scores = max_similarity_per_task(inputs.blocks(), scorer, self.params.aggregation)
         if inputs.excluded is not None:
             scores[:, inputs.excluded] = -np.inf
         if self.params.multi_task == "top":
             picks = top(scores, budget)
         else:
             picks = round_robin(scores, budget, self.params.multi_task == "round_robin_balanced")
-        return self.selection_from_picks(picks, inputs.ids, names)
+        return self.selection_from_picks(picks, inputs.ids, names, scorer.device)
+
+    def scorer(self, tasks: list[np.ndarray]) -> QueryScorer:
+        """The query sets on the configured device (resolved on this machine)."""
+        return make_scorer(tasks, self.params.device, self.params.precision)
 
     def select_distributed(
         self, inputs: SelectionInputs, budget: int, seed: int, job: BeamJob
@@ -98,25 +123,34 @@ class RdsSelector(Selector):
             job.runner,
             job.beam_args,
             inputs.excluded,
+            self.params.device,
+            self.params.precision,
         )
-        return self.selection_from_picks(picks, inputs.ids, names)
+        return self.selection_from_picks(picks, inputs.ids, names, picks.device)
 
-    def selection_from_picks(self, picks: RdsPicks, ids, names: list[str]) -> Selection:
-        """The Selection for task-level picks (local or merged from Beam workers)."""
+    def selection_from_picks(
+        self, picks: RdsPicks, ids, names: list[str], device: str | None = None
+    ) -> Selection:
+        """The Selection for task-level picks (local or merged from Beam workers);
+        ``device``: where the scores were computed (the resolved name)."""
         return Selection(
             selector=self.name,
             index=picks.index,
             ids=ids_at(ids, picks.index),
             score=picks.score,
             columns={"task": [names[t] for t in picks.task]},
-            info={"picks_per_task": _count(names, picks.task)},
+            info={"picks_per_task": _count(names, picks.task), **self._scoring_info(device)},
         )
+
+    def _scoring_info(self, device: str | None) -> dict[str, str | None]:
+        return {"device": device, "precision": self.params.precision}
 
     def _query_round_robin(self, inputs: SelectionInputs, names: list[str], budget: int):
         queries = np.concatenate([inputs.queries[t] for t in names])
         task_of_query = np.repeat(np.arange(len(names)), [len(inputs.queries[t]) for t in names])
         first_query = np.concatenate([[0], np.cumsum([len(inputs.queries[t]) for t in names])])
-        best_index, best_score = top_per_query(inputs.blocks(), queries, budget, inputs.excluded)
+        scorer = self.scorer([queries])
+        best_index, best_score = top_per_query(inputs.blocks(), scorer, budget, inputs.excluded)
         index, query, score = query_round_robin(best_index, best_score, budget)
         task = task_of_query[query]
         return Selection(
@@ -125,8 +159,17 @@ class RdsSelector(Selector):
             ids=ids_at(inputs.ids, index),
             score=score,
             columns={"task": [names[t] for t in task], "query": query - first_query[task]},
-            info={"picks_per_task": _count(names, task)},
+            info={"picks_per_task": _count(names, task), **self._scoring_info(scorer.device)},
         )
+
+
+def make_scorer(tasks: list[np.ndarray], device: str, precision: str) -> QueryScorer:
+    """The query sets on ``device`` as this machine (or Beam worker) resolves it; a device
+    it cannot use is a ConfigError naming the key."""
+    try:
+        return QueryScorer(tasks, device, precision)
+    except DeviceError as err:
+        raise ConfigError(f"selection.params.device: {err}") from None
 
 
 def _count(names: list[str], task: np.ndarray) -> dict[str, int]:
