@@ -342,3 +342,11 @@ def test_bad_stream_items_are_named_by_row_id_and_key(tmp_path, capsys, second, 
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     line = cli_error(capsys, *["select", str(tmp_path / "job.yaml")])
     assert line.startswith(f"tamis: error: {path}: ") and message in line, line
+
+
+def test_a_pool_whose_records_have_no_text_says_so(tmp_path, capsys):
+    write_jsonl(tmp_path / "items.jsonl", [{"id": f"i{n}", "probs": [0.2, 0.8]} for n in range(5)])
+    spec = job(tmp_path)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    line = cli_error(capsys, "select", str(tmp_path / "job.yaml"))
+    assert "no pool record to stream" in line and "selection.params.items" in line

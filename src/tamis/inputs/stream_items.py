@@ -252,6 +252,12 @@ def load_stream_items(ctx: StageContext, inputs: SelectionInputs) -> None:
         pool = require(config.pool, "pool")
         fields = (r.fields for r in iter_pool_records(pool, keep_fields=True))
         table, source = table_from_records(fields), f"pool {pool.path}"
+        if table.num_rows == 0:  # else: "no 'id' column (columns: )"
+            raise InputError(
+                f"{source}: no pool record to stream (every line blank or rejected; a pool "
+                "record needs a text field); items without text go in "
+                "selection.params.items"
+            )
     items = stream_items(
         table,
         source,
