@@ -123,12 +123,9 @@ class _BagVisitor:
     """Builds a dask bag for every PCollection of a pipeline (after dask_overrides)."""
 
     def __init__(self, partitions: int):
-        from apache_beam.pipeline import PipelineVisitor
-
         self.partitions = partitions
         self.bags: dict[Any, Any] = {}  # PCollection -> bag of WindowedValues
         self.consumed: set[int] = set()
-        PipelineVisitor.__init__(self)
 
     # PipelineVisitor's interface (duck-typed: Pipeline.visit only calls these).
     def enter_composite_transform(self, node) -> None:

@@ -27,6 +27,7 @@ from tamis.selectors.rds_core import (  # noqa: F401  (the core's names, re-expo
     QueryScorer,
     RdsPicks,
     check_precision,
+    make_scorer,
     max_similarity_per_task,
     merge_candidates,
     query_round_robin,
@@ -161,15 +162,6 @@ class RdsSelector(Selector):
             columns={"task": [names[t] for t in task], "query": query - first_query[task]},
             info={"picks_per_task": _count(names, task), **self._scoring_info(scorer.device)},
         )
-
-
-def make_scorer(tasks: list[np.ndarray], device: str, precision: str) -> QueryScorer:
-    """The query sets on ``device`` as this machine (or Beam worker) resolves it; a device
-    it cannot use is a ConfigError naming the key."""
-    try:
-        return QueryScorer(tasks, device, precision)
-    except DeviceError as err:
-        raise ConfigError(f"selection.params.device: {err}") from None
 
 
 def _count(names: list[str], task: np.ndarray) -> dict[str, int]:

@@ -22,7 +22,13 @@ from tamis.embeddings.store import part_offsets, read_part
 from tamis.inputs.embeddings import non_finite_error
 from tamis.records import read_json, write_json_atomic
 from tamis.runners.options import make_runner
-from tamis.selectors.rds_core import QueryScorer, RdsPicks, merge_candidates, shard_candidates
+from tamis.selectors.rds_core import (
+    QueryScorer,
+    RdsPicks,
+    make_scorer,
+    merge_candidates,
+    shard_candidates,
+)
 
 PICKS_FILE = "_picks.json"
 DEVICE_TAG = "device"  # ScoreShard's side output: the device each shard was scored on
@@ -62,8 +68,6 @@ class ScoreShard(beam.DoFn):
         self.items.inc(len(block.ids))
         excluded_array = np.asarray(excluded, dtype=np.int64) if excluded else None
         if self.scorer is None:  # the queries go to the device once per worker
-            from tamis.selectors.rds import make_scorer
-
             tasks = [np.asarray(q, dtype=np.float32) for q in queries]
             # auto is resolved here: this worker's GPU if it has one.
             self.scorer = make_scorer(tasks, self.device, self.precision)

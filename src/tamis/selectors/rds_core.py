@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tamis.config import ConfigError
 from tamis.device import DeviceError, resolve_device
 
 AGGREGATIONS = ("max", "mean")
@@ -165,6 +166,15 @@ class QueryScorer:
         if self._target != "cpu":
             self._tensor(host).copy_(out)  # the only copy back: (tasks or queries) x B
         return host
+
+
+def make_scorer(tasks: list[np.ndarray], device: str, precision: str) -> QueryScorer:
+    """The query sets on ``device`` as this machine (or Beam worker) resolves it; a device
+    it cannot use is a ConfigError naming the key."""
+    try:
+        return QueryScorer(tasks, device, precision)
+    except DeviceError as err:
+        raise ConfigError(f"selection.params.device: {err}") from None
 
 
 def _check_gemm(torch: Any, target: str, dtype: Any, precision: str) -> None:
