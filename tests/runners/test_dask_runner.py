@@ -252,3 +252,14 @@ def test_stream_al_on_dask_is_one_error_line(tmp_path, capsys):
     (tmp_path / "job.yaml").write_text(json.dumps(job))
     line = cli_error(capsys, "select", str(tmp_path / "job.yaml"))
     assert "no Beam state or timers" in line and "runner.name: local" in line
+
+
+def test_a_scheduler_that_does_not_answer_names_the_key():
+    import dask
+
+    runner, options = make_runner(RunnerConfig(name="dask", dask_address="tcp://127.0.0.1:9"))
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    _ = pipeline | beam.Create([1]) | beam.Map(lambda x: x)
+    quick = dask.config.set({"distributed.comm.timeouts.connect": "2s"})
+    with quick, pytest.raises(ConfigError, match="runner.dask_address: cannot connect to tcp://"):
+        pipeline.run()

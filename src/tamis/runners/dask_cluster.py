@@ -62,7 +62,11 @@ def dask_runner(cfg: RunnerConfig) -> Any:
                 log.info("dask: LocalCluster of %d worker processes", cfg.num_workers)
             client = None
             try:
-                client = Client(address)
+                try:
+                    client = Client(address)
+                except OSError as err:  # includes distributed's connection timeouts
+                    key = "runner.dask_address" if cfg.dask_address else "runner (LocalCluster)"
+                    raise ConfigError(f"{key}: cannot connect to {address} ({err})") from None
                 pipeline.replace_all(dask_overrides())
                 visitor = _BagVisitor(partitions=max(1, cfg.num_workers) * 4)
                 pipeline.visit(visitor)
