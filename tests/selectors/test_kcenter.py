@@ -178,3 +178,13 @@ def test_cuda_screening_gives_the_same_picks():
     gpu = k_center_greedy(points, 200, labeled, "cosine", device="cuda")
     np.testing.assert_array_equal(gpu.index, cpu.index)
     np.testing.assert_array_equal(gpu.radius, cpu.radius)
+
+
+@pytest.mark.parametrize("name", ["coreset", "pcoreset"])
+def test_a_bad_device_name_is_a_config_error_before_any_work(name):
+    from tamis.config import ConfigError
+    from tamis.selectors import make_selector
+
+    with pytest.raises(ConfigError, match=r"^selection\.params\.device: device 'gpu': expected"):
+        make_selector(name, {"device": "gpu"}).validate()
+    make_selector(name, {"device": "cuda:1"}).validate()  # a valid name; the GPU is checked later

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from tamis.config import ConfigError
+from tamis.device import DeviceError, check_device_name
 from tamis.inputs.probabilities import Kind
 from tamis.selectors.base import (
     EMBEDDINGS,
@@ -52,6 +53,13 @@ class KCenterParams:
 
 class _KCenterSelector(Selector):
     metric: Metric
+
+    def validate(self) -> None:
+        # before any work: a typo here used to fail only when the screening GEMMs started
+        try:
+            check_device_name(self.params.device)
+        except DeviceError as err:
+            raise ConfigError(f"selection.params.device: {err}") from None
 
     def summary(self, manifest: dict, output: str) -> list[str]:
         info, c = manifest.get("info", {}), manifest["counts"]
