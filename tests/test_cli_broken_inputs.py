@@ -284,6 +284,8 @@ CASES: list[Case] = [
     ("observations out of range", lambda w, t: ["scaling", "fit", _scaling_job(
         w, t, observations=str(_file(t, "o.csv", "bucket,samples_seen,error\na,10,1.7\n")))],
      "o.csv"),
+    ("scaling: a Beam flag", lambda w, t: ["scaling", "fit", _scaling_job(w, t),
+                                           "--runner=DataflowRunner"], "runs no Beam pipeline"),
     ("plan: fit.json partial", lambda w, t: ["scaling", "plan", _scaling_job(
         w, t, output=str(_fit_dir(t, '{"a": 0.1, "d": 0.1, "z": 0.5, "buckets": {"x": {}}}')))],
      "fit.json"),

@@ -16,8 +16,16 @@ from tamis.config import Config, ConfigError, load_config
 log = logging.getLogger("tamis")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``tamis: error: ...`` line (exit 2) like every other error; the
+    usage itself is one ``-h`` away (subcommand parsers inherit this class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"tamis: error: {message} (see {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="tamis",
         description="Data curation and active learning at scale.",
         epilog="Unknown --flags are passed to Beam's PipelineOptions.",
@@ -348,6 +356,11 @@ def _main(argv: list[str] | None) -> int:
     unknown = [a for a in rest if not a.startswith("-")]
     if args.verb in ("data", "report") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.verb == "scaling" and rest:  # Beam flags would be accepted and do nothing
+        parser.error(
+            f"unrecognized arguments: {' '.join(rest)} (tamis scaling runs no Beam pipeline, "
+            "so it takes no Beam flags)"
+        )
     if args.verb == "data" and args.dataset == "bbcnews-judged" and not args.embeddings:
         parser.error("data bbcnews-judged needs --embeddings DIR (run tamis embed first)")
     if unknown:
