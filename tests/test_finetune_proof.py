@@ -80,8 +80,9 @@ def test_news_arms_draw_kept_bbc_articles_only(proof, tmp_path):
     stage.mkdir(parents=True)
     pq.write_table(pa.table({"id": kept}), stage / "subset.parquet")
     kept_news = [i for i in kept if pool[i]["source"] == "bbc"]
+    assert proof.news_ids(tmp_path, pool) == kept_news
 
-    folder = proof.write_news_control(tmp_path, 4, pool, 7)
+    folder = proof.write_news_control(tmp_path, 4, pool, kept_news, 7)
     rows = _read(folder / "subset.jsonl")
     assert len(rows) == 7 and len({r["id"] for r in rows}) == 7
     assert all(r["id"] in set(kept_news) for r in rows)
@@ -89,7 +90,7 @@ def test_news_arms_draw_kept_bbc_articles_only(proof, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["counts"] == {"candidates": len(kept_news), "selected": 7}
 
-    candidates = pq.read_table(proof.write_news_candidates(tmp_path, pool) / "subset.parquet")
+    candidates = pq.read_table(proof.write_news_candidates(tmp_path, kept_news) / "subset.parquet")
     assert candidates.column("id").to_pylist() == kept_news
     assert set(candidates.column("weight").to_pylist()) == {1.0}
 
