@@ -338,10 +338,11 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         eval_path = Path(args.eval)
         if not eval_path.is_file():
             raise FinetuneError(f"--eval: file not found: {eval_path}")
+        eval_rows = _read_jsonl(eval_path)
+        if not eval_rows:
+            raise FinetuneError(f"--eval: {eval_path} is empty: nothing to evaluate")
         # eval loss is unweighted: an eval file's weights, if any, are ignored
-        eval_items = [
-            {**it, "weight": 1.0} for it in training_rows(_read_jsonl(eval_path), str(eval_path))
-        ]
+        eval_items = [{**it, "weight": 1.0} for it in training_rows(eval_rows, str(eval_path))]
     if manifest is None:
         print(
             f"finetune: warning: {args.subset_dir} has no manifest.json (unfinished subset?)",

@@ -143,14 +143,18 @@ def test_a_damaged_manifest_warns_and_the_rows_still_train(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "empty_dir", "empty_subset", "no_text", "eval_every_without_eval"]
+    "case",
+    ["missing", "empty_dir", "empty_subset", "no_text", "eval_every_without_eval", "empty_eval"],
 )
 def test_cli_errors_are_one_line(tmp_path, case):
     folder = tmp_path / "subset"
     extra = ["--eval-every", "5"] if case == "eval_every_without_eval" else []
-    if case == "eval_every_without_eval":
+    if case == "empty_eval":
+        (tmp_path / "eval.jsonl").write_text("\n")
+        extra = ["--eval", str(tmp_path / "eval.jsonl")]
+    if case in ("eval_every_without_eval", "empty_eval"):
         folder = _subset_dir(tmp_path)
-    if case not in ("missing", "eval_every_without_eval"):
+    if case not in ("missing", "eval_every_without_eval", "empty_eval"):
         folder.mkdir()
     if case == "empty_subset":
         (folder / "subset.jsonl").write_text("")
@@ -168,3 +172,5 @@ def test_cli_errors_are_one_line(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("finetune: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+    if case == "empty_eval":
+        assert "eval.jsonl is empty: nothing to evaluate" in lines[0]
